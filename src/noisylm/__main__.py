@@ -1,0 +1,5 @@
+import sys
+
+from noisylm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,164 @@
+"""Atomic artifact writing and provenance.
+
+Every artifact noisylm writes goes to a temporary name first and is renamed into place, so an
+interrupted command never leaves a half-written file or directory. Every artifact carries
+`provenance()`: the noisylm / Python / library versions, the command line and a timestamp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from noisylm import __version__
+from noisylm.errors import NoisyLMError
+
+
+def provenance(config: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
+    """Who made an artifact: config, seed, versions, command line, time (UTC, ISO 8601)."""
+    versions = {"noisylm": __version__, "python": platform.python_version()}
+    for name in ("numpy", "torch", "tiktoken"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "unknown")
+    record: dict[str, Any] = {
+        "versions": versions,
+        "argv": list(sys.argv),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "platform": platform.platform(),
+    }
+    if config is not None:
+        record["config"] = config
+    if seed is not None:
+        record["seed"] = seed
+    return record
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` only if the block succeeds.
+
+    >>> with atomic_path("out.bin") as tmp:
+    ...     np.save(tmp, array)   # anything that writes a file at `tmp`
+    """
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise NoisyLMError(
+            f"cannot write {path}: {exc.strerror or exc}; check the path and free space"
+        ) from exc
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an existing output unless ``overwrite``; the one rule every command follows."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise NoisyLMError(f"output {path} already exists; pass --overwrite to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory under a temporary name, then swap it into place.
+
+    Nothing exists at ``path`` until the block has finished without error; an existing ``path``
+    is refused unless ``overwrite`` and is only removed once the new one is complete.
+    """
+    path = check_output_dir(path, overwrite)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as exc:
+        raise NoisyLMError(f"cannot create {path}: {exc.strerror or exc}; check the path") from exc
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise NoisyLMError(
+            f"cannot write {path}: {exc.strerror or exc}; check the path and free space"
+        ) from exc
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
+    """Streaming sha256 of a file (bounded memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read JSON with an error that names the file and the fix."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NoisyLMError(f"{what} {path} not found; check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NoisyLMError(f"{what} {path} is not valid JSON ({exc}); regenerate it") from None
