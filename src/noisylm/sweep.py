@@ -424,7 +424,7 @@ def _corpus(source: str, target: Path, tokenizer: str) -> Path:
         from noisylm.prepare import prepare
 
         print(f"preparing bundled corpus {source} ({tokenizer}) -> {target}", file=sys.stderr)
-        prepare(corpus=source, out_dir=target, tokenizer=tokenizer, overwrite=True)
+        prepare(None, target, corpus=source, tokenizer=tokenizer, overwrite=True)
     return target
 
 

@@ -1,0 +1,139 @@
+"""`make demo`: the paper's What-Why-How on the bundled data, on CPU, with no download.
+
+    python -m noisylm.demo --out demo_out
+
+1. **What** — sweep `demo`: prepare the bundled Shakespeare (training domain) and Python docs (second
+   domain) with the byte tokenizer, inject uniform noise at 1%, 5%, 20% and Gaussian noise at 5%, and
+   pre-train one small GPT per corpus with paired sampling; then `report` draws Figs. 2, 3, 4, 8 and
+   the per-run table into ``OUT/sweep/report/index.html``.
+2. **Why** — `theory` (when installed): Proposition 1 against the measured runs, into the same report.
+3. Your data — `scan` on the 20% noisy demo corpus: does it find the noise, and what would keeping it cost?
+4. **How** — `probe.demo_probe`: heads on frozen MiniLM features of the WordNet task, CE vs CE + LGM.
+
+Running it again resumes: finished runs and steps are not repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from noisylm.errors import NoisyLMError
+
+
+def _step(title: str) -> float:
+    print(f"\n== {title}", flush=True)
+    return time.perf_counter()
+
+
+def _done(start: float, where: str) -> None:
+    print(f"   -> {where}  ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def _optional(module_name: str, function: str) -> Callable[..., Any] | None:
+    """The function of a stage that may not be installed yet (other parts of noisylm are optional)."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        return None
+    return getattr(module, function, None)
+
+
+def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bool = True) -> Path:
+    """Run every demo step into ``out_dir``; return the report folder."""
+    from noisylm.report import report
+    from noisylm.sweep import sweep
+
+    out = Path(out_dir)
+    sweep_dir = out / "sweep"
+    failures: list[str] = []
+
+    start = _step("What: sweep `demo` (prepare bundled corpora, inject noise, train 5 paired runs)")
+    summary = sweep("demo", sweep_dir, overrides=overrides)
+    _done(start, f"{sweep_dir / 'summary.md'}")
+    if summary["counts"].get("failed"):
+        failures.append("sweep: some runs failed (see summary.md)")
+    print((sweep_dir / "summary.md").read_text("utf-8"))
+
+    start = _step("What: report (Figs. 2, 3, 4, 8 and the per-run table)")
+    report_dir = report(sweep_dir)
+    _done(start, f"{report_dir / 'index.html'}")
+
+    if extras:
+        theory = _optional("noisylm.theory_report", "theory")
+        start = _step("Why: Proposition 1 against the measured runs (`noisylm theory`)")
+        failures += _run_optional("theory", theory, lambda: theory(sweep_dir), start)
+
+        scan = _optional("noisylm.scan", "scan")
+        noisy = sweep_dir / "data" / "uniform-a0.2"
+        start = _step(f"Your data: `noisylm scan` on the 20% noisy demo corpus ({noisy})")
+        failures += _run_optional("scan", scan, lambda: scan(noisy, out=out / "scan", overwrite=True), start)
+
+        demo_probe = _optional("noisylm.probe", "demo_probe")
+        start = _step("How: probe heads on frozen MiniLM features, CE vs CE + LGM")
+        failures += _run_optional("probe", demo_probe, lambda: demo_probe(out / "probe"), start)
+
+    print(f"\nThe report: {report_dir / 'index.html'}  (open it in a browser; it reads offline)")
+    if failures:
+        raise NoisyLMError("demo steps failed: " + "; ".join(failures))
+    return report_dir
+
+
+def _run_optional(name: str, function: Callable | None, call: Callable[[], Any], start: float) -> list[str]:
+    if function is None:
+        print(f"   skipped: noisylm.{name} is not installed in this version", flush=True)
+        return []
+    try:
+        result = call()
+    except NoisyLMError as exc:
+        print(f"   {name} failed: {exc}", file=sys.stderr, flush=True)
+        return [f"{name}: {exc}"]
+    _done(start, _where(result))
+    return []
+
+
+def _where(result: Any) -> str:
+    if isinstance(result, dict):
+        for key in ("out", "path", "report", "index"):
+            if key in result:
+                return str(result[key])
+        return "done"
+    return str(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m noisylm.demo",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", default="demo_out", help="output folder (re-running resumes)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of the demo sweep, e.g. train.max_iters=200",
+    )
+    parser.add_argument("--no-extras", action="store_true", help="only the sweep and its report")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        run_demo(args.out, args.overrides, extras=not args.no_extras)
+    except NoisyLMError as exc:
+        print(f"noisylm demo: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
