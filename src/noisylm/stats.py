@@ -1,0 +1,164 @@
+"""Token counts and token priors of a shard set (`noisylm stats`), the paper's Fig. 8.
+
+The prior of a token sequence is the share of each id among its tokens. For a noisy set the clean
+training prior is counted over train.bin minus the noise spans (train counts − noise.bin counts),
+so (a) clean data, (b) noise and (c) validation can be compared as in Fig. 8. Counting streams the
+memmaps in chunks (bounded memory).
+
+Writes to ``out`` (default ``DIR/stats``): ``token_priors.png``, ``stats.md`` (a table) and
+``stats.json`` (counts, distinct ids, entropy in bits, top ids with their text, noise record summary).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, provenance
+from noisylm.errors import NoisyLMError
+from noisylm.shards import ShardSet
+
+TOP_K = 8
+
+
+def token_counts(shards: ShardSet, split: str, chunk: int = 1 << 24) -> np.ndarray:
+    """How often each id in [0, vocab_size) occurs in ``split`` (int64, streamed)."""
+    tokens = shards.tokens(split)
+    counts = np.zeros(shards.vocab_size, dtype=np.int64)
+    for lo in range(0, len(tokens), chunk):
+        part = np.bincount(np.asarray(tokens[lo : lo + chunk]), minlength=shards.vocab_size)
+        if len(part) > shards.vocab_size:
+            raise NoisyLMError(
+                f"{shards.path / shards.splits[split].file} holds ids >= vocab size {shards.vocab_size}; "
+                "run `noisylm verify` and regenerate the shard set"
+            )
+        counts += part
+    return counts
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    p = counts[counts > 0] / total
+    return float(-(p * np.log2(p)).sum())
+
+
+def stats(dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Count, tabulate and plot the token priors of the shard set at ``dir``.
+
+    Returns {"splits": {...}, "noise": {...} | None, "table": markdown, "figure": png path, "json": path}.
+    """
+    from noisylm.tokenizers import get_tokenizer
+
+    shards = ShardSet.open(dir)
+    out = Path(out) if out is not None else shards.path / "stats"
+    tokenizer = get_tokenizer(shards.tokenizer)
+
+    priors: dict[str, np.ndarray] = {}
+    train = token_counts(shards, "train")
+    if shards.has("noise"):
+        priors["noise"] = token_counts(shards, "noise")
+        priors["train (clean)"] = train - priors["noise"]
+    else:
+        priors["train"] = train
+    priors["val"] = token_counts(shards, "val")
+    priors = {k: priors[k] for k in ("train", "train (clean)", "noise", "val") if k in priors}
+
+    summary: dict[str, Any] = {}
+    for name, counts in priors.items():
+        total = int(counts.sum())
+        top = np.argsort(-counts, kind="stable")[:TOP_K]
+        summary[name] = {
+            "tokens": total,
+            "distinct_ids": int(np.count_nonzero(counts)),
+            "entropy_bits": round(entropy_bits(counts), 4),
+            "top": [
+                {
+                    "id": int(i),
+                    "share": round(float(counts[i] / max(total, 1)), 6),
+                    "text": tokenizer.decode([i]),
+                }
+                for i in top
+                if counts[i] > 0
+            ],
+        }
+    for name, info in shards.splits.items():
+        key = "train (clean)" if name == "train" and shards.has("noise") else name
+        if key in summary:
+            summary[key]["documents"] = info.documents
+    noise = shards.noise
+    noise_summary = (
+        {k: noise[k] for k in ("kind", "placement", "alpha_requested", "alpha_achieved", "seed")}
+        | {"spans": len(shards.noise_spans())}
+        if noise
+        else None
+    )
+    table = _table(shards, summary, noise_summary)
+
+    with atomic_dir(out, overwrite=True) as tmp:
+        _plot(shards, priors, tmp / "token_priors.png")
+        atomic_write_text(tmp / "stats.md", table + "\n")
+        atomic_write_json(
+            tmp / "stats.json",
+            {
+                "shards": str(shards.path),
+                "splits": summary,
+                "noise": noise_summary,
+                "provenance": provenance(),
+            },
+        )
+    return {
+        "splits": summary,
+        "noise": noise_summary,
+        "table": table,
+        "figure": out / "token_priors.png",
+        "json": out / "stats.json",
+    }
+
+
+def _table(shards: ShardSet, summary: dict[str, Any], noise: dict[str, Any] | None) -> str:
+    lines = [
+        f"Shard set `{shards.path}` (tokenizer {shards.tokenizer}, vocab {shards.vocab_size})",
+        "",
+        "| tokens of | tokens | documents | distinct ids | entropy (bits) | most frequent ids (share) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, s in summary.items():
+        top = ", ".join(f"{t['id']} {t['text']!r} ({t['share']:.2%})" for t in s["top"][:4])
+        top = top.replace("|", "\\|")
+        docs = s.get("documents")
+        lines.append(
+            f"| {name} | {s['tokens']:,} | {'' if docs is None else f'{docs:,}'} | {s['distinct_ids']:,} "
+            f"| {s['entropy_bits']:.3f} | {top} |"
+        )
+    if noise:
+        lines += [
+            "",
+            f"Noise: {noise['kind']}, {noise['placement']}, seed {noise['seed']}, α requested "
+            f"{noise['alpha_requested']}, achieved {noise['alpha_achieved']:.6f}, {noise['spans']} span(s).",
+        ]
+    return "\n".join(lines)
+
+
+def _plot(shards: ShardSet, priors: dict[str, np.ndarray], path: Path) -> None:
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    fig = Figure(figsize=(4.2 * len(priors), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(priors), squeeze=False)[0]
+    ids = np.arange(shards.vocab_size)
+    for letter, ax, (name, counts) in zip("abcd", axes, priors.items(), strict=False):
+        total = counts.sum()
+        p = counts / total if total else counts.astype(float)
+        ax.plot(ids, p, lw=0.6, color="tab:blue")
+        ax.set_title(f"({letter}) {name}")
+        ax.set_xlabel("token id")
+        ax.set_xlim(0, shards.vocab_size)
+        ax.set_ylim(bottom=0)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    axes[0].set_ylabel("prior probability")
+    fig.suptitle(f"Token priors ({shards.tokenizer}, V = {shards.vocab_size})", fontsize=10)
+    fig.savefig(path, dpi=120)
