@@ -1,0 +1,251 @@
+"""LGM loss (Eq. 3, 4, 6): closed form and fused path vs autograd, vs a per-sample brute-force
+reference of Eq. 4, and the gradient of L_gm vs central finite differences (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from noisylm.errors import NoisyLMError, UsageError
+from noisylm.heads import LinearHead, MLPHead
+from noisylm.lgm import VARIANTS, LGMLoss, _gram_or_direct_sq, lgm_penalty
+
+DT = torch.float64
+
+
+def _batch(batch=12, dim=7, classes=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, dim, generator=gen, dtype=DT)
+    labels = torch.randint(0, classes, (batch,), generator=gen)
+    return features, labels
+
+
+def _head(kind, dim, classes, seed=0, bias=True):
+    torch.manual_seed(seed)
+    head = LinearHead(dim, classes) if kind == "linear" else MLPHead(dim, classes)
+    if not bias:
+        head.bias = None
+    return head.to(DT)
+
+
+def _terms_and_grads(head, features, labels, gamma, variant, method, seed=1, lam=0.7):
+    head.zero_grad()
+    terms = lgm_penalty(
+        head,
+        features,
+        labels,
+        gamma=gamma,
+        variant=variant,
+        method=method,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    (terms.ce + lam * terms.penalty).backward()
+    return terms, [p.grad.clone() for p in head.parameters()]
+
+
+def _reference_eq4(head, features, delta, labels, gamma):
+    """Eq. 4 by brute force: one autograd.grad per sample, then mean, difference and norm."""
+    params = list(head.parameters())
+
+    def mean_grad(inputs):
+        total = [torch.zeros_like(p) for p in params]
+        for row, label in zip(inputs, labels, strict=True):
+            loss = F.cross_entropy(head(row[None]), label[None])
+            for acc, g in zip(total, torch.autograd.grad(loss, params), strict=True):
+                acc += g / len(labels)
+        return total
+
+    clean, perturbed = mean_grad(features), mean_grad(features + gamma * delta)
+    return torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(clean, perturbed, strict=True)))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("variant", ["lgm", "norm", "cosine", "l2-output"])
+def test_linear_closed_form_matches_autograd(variant, bias):
+    features, labels = _batch()
+    head = _head("linear", 7, 5, bias=bias)
+    methods = ["closed-form", "autograd"] + (["fused"] if variant == "lgm" else [])
+    results = {m: _terms_and_grads(head, features, labels, 0.3, variant, m) for m in methods}
+    ref_terms, ref_grads = results["autograd"]
+    for method, (terms, grads) in results.items():
+        torch.testing.assert_close(terms.penalty, ref_terms.penalty, rtol=1e-10, atol=1e-12, msg=method)
+        torch.testing.assert_close(terms.ce, ref_terms.ce)
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12, msg=method)
+
+
+def test_float32_closed_form_matches_autograd_to_float_tolerance():
+    features, labels = _batch(batch=32, dim=64, classes=10)
+    head = _head("linear", 64, 10).float()
+    features = features.float()
+    ref_terms, ref_grads = _terms_and_grads(head, features, labels, 0.01, "lgm", "autograd")
+    for method in ("fused", "closed-form"):
+        terms, grads = _terms_and_grads(head, features, labels, 0.01, "lgm", method)
+        torch.testing.assert_close(terms.penalty, ref_terms.penalty, rtol=1e-3, atol=1e-6)
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_penalty_equals_per_sample_reference_of_eq4(kind):
+    features, labels = _batch(batch=6, dim=5, classes=3)
+    head = _head(kind, 5, 3)
+    gamma, seed = 0.2, 3
+    delta = torch.randn(features.shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
+    expected = _reference_eq4(head, features, delta, labels, gamma)
+    methods = ["fused", "closed-form", "autograd"] if kind == "linear" else ["autograd"]
+    for method in methods:
+        terms = lgm_penalty(
+            head, features, labels, gamma=gamma, method=method, generator=torch.Generator().manual_seed(seed)
+        )
+        torch.testing.assert_close(terms.penalty.detach(), expected, rtol=1e-9, atol=1e-12, msg=method)
+
+
+@pytest.mark.parametrize(
+    ("kind", "method"), [("linear", "fused"), ("linear", "closed-form"), ("mlp", "autograd")]
+)
+def test_gradient_of_penalty_matches_finite_differences(kind, method):
+    """∂L_gm/∂θ flows through both gradient terms: compare with central differences at fixed δ."""
+    features, labels = _batch(batch=8, dim=4, classes=3)
+    head = _head(kind, 4, 3)
+
+    def penalty():
+        return lgm_penalty(
+            head, features, labels, gamma=0.5, method=method, generator=torch.Generator().manual_seed(5)
+        ).penalty
+
+    head.zero_grad()
+    penalty().backward()
+    eps = 1e-6
+    gen = torch.Generator().manual_seed(0)
+    for param in head.parameters():
+        flat = param.data.view(-1)
+        for index in torch.randperm(flat.numel(), generator=gen)[:6].tolist():
+            old = flat[index].item()
+            flat[index] = old + eps
+            up = penalty().item()
+            flat[index] = old - eps
+            down = penalty().item()
+            flat[index] = old
+            numeric = (up - down) / (2 * eps)
+            assert param.grad.view(-1)[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+def test_gram_and_direct_products_agree():
+    gen = torch.Generator().manual_seed(0)
+    for rows, classes, dim in [(8, 50, 30), (64, 3, 500), (6, 40, 2)]:
+        coeffs = torch.randn(rows, classes, generator=gen, dtype=DT)
+        x = torch.randn(rows, dim, generator=gen, dtype=DT)
+        torch.testing.assert_close(_gram_or_direct_sq(coeffs, x), (coeffs.T @ x).pow(2).sum())
+    # Many classes and a small batch take the Gram route inside the closed form; check it end to end.
+    features, labels = _batch(batch=3, dim=40, classes=30)
+    head = _head("linear", 40, 30)
+    a, ga = _terms_and_grads(head, features, labels, 0.1, "lgm", "closed-form")
+    b, gb = _terms_and_grads(head, features, labels, 0.1, "lgm", "autograd")
+    torch.testing.assert_close(a.penalty, b.penalty)
+    for x, y in zip(ga, gb, strict=True):
+        torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gamma_zero_gives_zero_penalty_and_no_nan(kind, variant):
+    features, labels = _batch()
+    head = _head(kind, 7, 5).float()
+    methods = ["fused", "closed-form", "autograd"] if kind == "linear" else ["autograd"]
+    if variant != "lgm":
+        methods = [m for m in methods if m != "fused"]
+    for method in methods:
+        terms, grads = _terms_and_grads(head, features.float(), labels, 0.0, variant, method)
+        assert torch.isfinite(terms.penalty) and all(torch.isfinite(g).all() for g in grads)
+        if variant in ("lgm", "cosine", "l2-output", "none"):
+            assert terms.penalty.item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_total_loss_is_ce_plus_lambda_penalty_and_none_is_plain_ce():
+    features, labels = _batch()
+    head = _head("linear", 7, 5)
+    criterion = LGMLoss(head, gamma=0.05, lam=0.4, generator=torch.Generator().manual_seed(0))
+    loss = criterion(features, labels)
+    assert loss.item() == pytest.approx((criterion.last.ce + 0.4 * criterion.last.penalty).item())
+    assert criterion.last.penalty.item() > 0
+    plain = LGMLoss(head, variant="none")(features, labels)
+    assert plain.item() == pytest.approx(F.cross_entropy(head(features), labels).item())
+
+
+def test_fresh_noise_each_step_and_reproducible_with_a_seed():
+    features, labels = _batch()
+    head = _head("linear", 7, 5)
+    criterion = LGMLoss(head, gamma=0.1, generator=torch.Generator().manual_seed(7))
+    first, second = criterion(features, labels).item(), criterion(features, labels).item()
+    assert first != second  # δ is redrawn every call
+    again = LGMLoss(head, gamma=0.1, generator=torch.Generator().manual_seed(7))
+    assert again(features, labels).item() == first
+
+
+def test_l2sp_anchor_adds_half_alpha_squared_distance():
+    features, labels = _batch()
+    head = _head("linear", 7, 5)
+    criterion = LGMLoss(head, variant="none", anchor_weight=0.3)
+    assert criterion(features, labels).item() == pytest.approx(F.cross_entropy(head(features), labels).item())
+    with torch.no_grad():
+        head.weight.add_(0.1)
+    expected = F.cross_entropy(head(features), labels) + 0.15 * (0.1**2) * head.weight.numel()
+    assert criterion(features, labels).item() == pytest.approx(expected.item())
+
+
+def test_features_that_need_grad_get_the_same_gradient_as_autograd():
+    features, labels = _batch()
+    head = _head("linear", 7, 5)
+    grads = []
+    for method in ("auto", "autograd"):
+        x = features.clone().requires_grad_(True)
+        terms = lgm_penalty(
+            head, x, labels, gamma=0.3, method=method, generator=torch.Generator().manual_seed(2)
+        )
+        (terms.penalty).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_lgm_trains_a_real_head_on_digits():
+    """CE + LGM fits real data: scikit-learn digits pixels, linear head, 60 full-batch Adam steps."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    features = torch.tensor(digits.data[:600] / 16.0, dtype=torch.float32)
+    labels = torch.tensor(digits.target[:600])
+    torch.manual_seed(0)
+    head = LinearHead(64, 10)
+    criterion = LGMLoss(head, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
+    for _ in range(60):
+        optimizer.zero_grad()
+        criterion(features, labels).backward()
+        optimizer.step()
+    accuracy = (head(features).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.9
+
+
+def test_bad_inputs_raise_one_clear_error():
+    features, labels = _batch()
+    with pytest.raises(NoisyLMError, match="dimension 7 but the head expects 9"):
+        lgm_penalty(_head("linear", 9, 5), features, labels)
+    with pytest.raises(NoisyLMError, match="dimension 7 but the head expects 9"):
+        lgm_penalty(_head("mlp", 9, 5), features, labels)
+    head = _head("linear", 7, 5)
+    with pytest.raises(UsageError, match="unknown LGM variant"):
+        LGMLoss(head, variant="sam")
+    with pytest.raises(UsageError, match="gamma"):
+        lgm_penalty(head, features, labels, gamma=-1.0)
+    with pytest.raises(UsageError, match="lam"):
+        LGMLoss(head, lam=float("nan"))
+    with pytest.raises(NoisyLMError, match="one label per feature row"):
+        lgm_penalty(head, features, labels[:-1])
+    with pytest.raises(NoisyLMError, match="2-D"):
+        lgm_penalty(head, features[0], labels)
+    with pytest.raises(NoisyLMError, match="integer class ids"):
+        lgm_penalty(head, features, labels.double())
+    with pytest.raises(UsageError, match="nn.Linear head"):
+        lgm_penalty(_head("mlp", 7, 5), features, labels, method="closed-form")
