@@ -63,4 +63,32 @@ def shakespeare_gpt2(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiktoken_gpt2(tmp_path_factory):
+    """tiktoken's own `gpt2` encoding (its loader and regex), served from a private cache filled with
+    the bundled vocabulary files: the independent reference for GPT-2 ids, no network."""
+    import gzip
+    import hashlib
+    from importlib import resources
+
+    import tiktoken
+    import tiktoken.registry
+
+    urls = {
+        "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+        "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+    }
+    cache = tmp_path_factory.mktemp("tiktoken-cache")
+    assets = resources.files("noisylm") / "assets" / "gpt2"
+    for name, url in urls.items():
+        data = gzip.decompress((assets / f"{name}.gz").read_bytes())
+        (cache / hashlib.sha1(url.encode()).hexdigest()).write_bytes(data)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+        tiktoken.registry.ENCODINGS.pop("gpt2", None)
+        enc = tiktoken.get_encoding("gpt2")
+        tiktoken.registry.ENCODINGS.pop("gpt2", None)
+    return enc
+
+
 # <!-- /section:data -->

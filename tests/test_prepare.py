@@ -1,0 +1,279 @@
+"""`prepare` / `merge`: ids equal tiktoken's, nanoGPT reads the shards, streaming, sharding, bad input."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from noisylm.cli import main
+from noisylm.corpora import bundled_corpora
+from noisylm.errors import NoisyLMError, UsageError
+from noisylm.prepare import _is_val, merge, prepare
+from noisylm.shards import ShardSet, verify
+
+
+def _plays(n: int = 4) -> list[Path]:
+    return sorted(bundled_corpora()["shakespeare"].iterdir())[:n]
+
+
+def _text(path: Path) -> str:
+    return gzip.decompress(path.read_bytes()).decode("utf-8")
+
+
+def _docs(tokens: np.ndarray, eot: int) -> list[np.ndarray]:
+    ends = np.flatnonzero(tokens == eot)
+    return np.split(np.asarray(tokens), ends + 1)[:-1]
+
+
+def test_gpt2_ids_equal_tiktoken_and_nanogpt_reads_them(shakespeare_gpt2, tiktoken_gpt2):
+    shards = ShardSet.open(shakespeare_gpt2)
+    manifest = json.loads((shakespeare_gpt2 / "manifest.json").read_text())
+    assert (manifest["tokenizer"], manifest["vocab_size"], manifest["eot_id"], manifest["dtype"]) == (
+        "gpt2",
+        50257,
+        50256,
+        "uint16",
+    )
+    # nanoGPT's reader, unchanged
+    train = np.memmap(shakespeare_gpt2 / "train.bin", dtype=np.uint16, mode="r")
+    val = np.memmap(shakespeare_gpt2 / "val.bin", dtype=np.uint16, mode="r")
+    assert (
+        len(train) == manifest["splits"]["train"]["tokens"]
+        and len(val) == manifest["splits"]["val"]["tokens"]
+    )
+    expected = [
+        np.array(tiktoken_gpt2.encode_ordinary(_text(p)) + [50256], dtype=np.uint16) for p in _plays()
+    ]
+    got = _docs(train, 50256) + _docs(val, 50256)
+    assert sorted(map(len, got)) == sorted(map(len, expected))
+    assert {d.tobytes() for d in got} == {e.tobytes() for e in expected}
+    assert shards.splits["train"].documents == 3 and shards.splits["val"].documents == 1
+    assert verify(shakespeare_gpt2) == []
+
+
+def test_bytes_shards_are_the_utf8_bytes_in_order(shakespeare_bytes):
+    shards = ShardSet.open(shakespeare_bytes)
+    plays = [_text(p).encode("utf-8") for p in _plays()]
+    val_docs = [i for i in range(4) if _is_val(i, 0.25, float(np.random.default_rng(0).random()))]
+    assert len(val_docs) == 1
+    train = b"".join(
+        np.frombuffer(p, np.uint8).astype(np.uint16).tobytes() + b"\x00\x01"
+        for i, p in enumerate(plays)
+        if i not in val_docs
+    )
+    assert (shakespeare_bytes / "train.bin").read_bytes() == train
+    assert shards.manifest["sources"][0]["documents"] == 1 and len(shards.manifest["sources"]) == 4
+    assert shards.manifest["provenance"]["config"]["tokenizer"] == "bytes"
+
+
+def test_validation_assignment_is_systematic_and_exact():
+    for fraction in (0.05, 0.1, 0.25, 0.5):
+        for offset in (0.0, 0.3, 0.99):
+            picks = [_is_val(i, fraction, offset) for i in range(1000)]
+            assert sum(picks) in (int(np.floor(1000 * fraction)), int(np.ceil(1000 * fraction)))
+    assert not any(_is_val(i, 0.0, 0.5) for i in range(100))
+
+
+def test_two_processes_give_identical_bytes_and_are_deterministic(tmp_path, monkeypatch):
+    import noisylm.prepare as prep
+
+    monkeypatch.setattr(prep, "BATCH_CHARS", 50_000)  # many batches in flight
+    inputs = _plays(3)
+    one = prepare(inputs, tmp_path / "one", tokenizer="gpt2", val_fraction=0.34, num_proc=1, progress=False)
+    two = prepare(inputs, tmp_path / "two", tokenizer="gpt2", val_fraction=0.34, num_proc=2, progress=False)
+    again = prepare(
+        inputs, tmp_path / "again", tokenizer="gpt2", val_fraction=0.34, num_proc=2, progress=False
+    )
+    for split in ("train", "val"):
+        a, b, c = ((s.path / f"{split}.bin").read_bytes() for s in (one, two, again))
+        assert a == b == c
+        assert one.splits[split].sha256 == two.splits[split].sha256
+
+
+def test_inputs_jsonl_gz_folders_and_doc_separator(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    records = [{"text": f"record number {i} says hello"} for i in range(30)]
+    with gzip.open(src / "part.jsonl.gz", "wt") as fh:
+        fh.write("\n".join(json.dumps(r) for r in records) + "\n")
+    (src / "dump.txt").write_text("<|endoftext|>".join(f"dumped doc {i}" for i in range(10)))
+    shards = prepare(
+        [src],
+        tmp_path / "out",
+        tokenizer="bytes",
+        val_fraction=0.1,
+        doc_separator="<|endoftext|>",
+        progress=False,
+    )
+    assert shards.splits["train"].documents + shards.splits["val"].documents == 40
+    assert shards.splits["val"].documents == 4
+    docs = {
+        bytes(d[:-1].astype(np.uint8)).decode()
+        for split in ("train", "val")
+        for d in _docs(shards.tokens(split), 256)
+    }
+    assert docs == {r["text"] for r in records} | {f"dumped doc {i}" for i in range(10)}
+    limited = prepare([src], tmp_path / "lim", tokenizer="bytes", max_documents=12, progress=False)
+    assert limited.splits["train"].documents + limited.splits["val"].documents == 12
+
+
+def test_shards_then_merge_hold_the_same_documents(tmp_path):
+    inputs = sorted(bundled_corpora()["python-docs"].glob("tutorial/*.gz"))
+    full = prepare(inputs, tmp_path / "full", tokenizer="bytes", val_fraction=0.2, progress=False)
+    parts = [
+        prepare(
+            inputs,
+            tmp_path / f"part{k}",
+            tokenizer="bytes",
+            val_fraction=0.2,
+            num_shards=3,
+            shard_index=k,
+            progress=False,
+        )
+        for k in range(3)
+    ]
+    for split in ("train", "val"):
+        assert sum(p.splits[split].documents for p in parts) == full.splits[split].documents
+    merged = merge([p.path for p in parts], tmp_path / "merged")
+    assert verify(merged.path) == []
+    for split in ("train", "val"):
+        got = sorted(d.tobytes() for d in _docs(merged.tokens(split), 256))
+        want = sorted(d.tobytes() for d in _docs(full.tokens(split), 256))
+        assert got == want
+    assert [m["path"] for m in merged.manifest["merged_from"]] == [str(p.path) for p in parts]
+    other = prepare(inputs[:2], tmp_path / "gpt2", tokenizer="gpt2", val_fraction=0.5, progress=False)
+    with pytest.raises(NoisyLMError, match="same tokenizer"):
+        merge([parts[0].path, other.path], tmp_path / "bad")
+
+
+def test_bundled_corpus_by_name(tmp_path):
+    shards = prepare(None, tmp_path / "pd", corpus="python-docs", tokenizer="bytes", progress=False)
+    assert shards.splits["train"].documents + shards.splits["val"].documents == 53
+    with pytest.raises(UsageError, match="either input paths or --corpus"):
+        prepare([tmp_path], tmp_path / "x", corpus="shakespeare")
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def _no_leftovers(parent: Path, name: str) -> bool:
+    return not (parent / name).exists() and not list(parent.glob(f".{name}.tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "make_args, code, message",
+    [
+        (lambda p: [str(p / "nope.txt")], 1, "input .*nope.txt does not exist"),
+        (lambda p: [str(p / "empty.txt")], 1, "no documents in .*empty.txt"),
+        (lambda p: [str(p / "emptydir")], 1, "holds no text files"),
+        (lambda p: [str(p / "one.txt"), "--tokenizer", "bpe"], 2, "unknown tokenizer 'bpe'"),
+        (
+            lambda p: [str(p / "one.txt"), "--val-fraction", "1.5"],
+            2,
+            r"--val-fraction 1.5 is outside \[0, 1\)",
+        ),
+        (lambda p: [str(p / "one.txt")], 1, "selects none for validation"),
+        (lambda p: [str(p / "one.txt"), "--num-shards", "2", "--shard-index", "2"], 2, "--shard-index 2"),
+        (lambda p: ["--corpus", "klingon"], 2, "unknown corpus 'klingon'"),
+    ],
+)
+def test_prepare_bad_input_one_line_exit_code_no_output(tmp_path, capsys, make_args, code, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "one.txt").write_text("a single document")
+    rc, err = _cli(capsys, "prepare", *make_args(tmp_path), "--out", str(tmp_path / "out"), "--quiet")
+    assert rc == code
+    assert err.count("\n") == 1 and err.startswith("noisylm prepare: error: ")
+    assert __import__("re").search(message, err), err
+    assert _no_leftovers(tmp_path, "out")
+
+
+def test_prepare_refuses_existing_output_unless_overwrite(tmp_path, capsys):
+    (tmp_path / "doc.txt").write_text("hello\n\nworld\n\nagain")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    args = [
+        "prepare",
+        str(tmp_path / "doc.txt"),
+        "--out",
+        str(out),
+        "--tokenizer",
+        "bytes",
+        "--doc-separator",
+        "\\n\\n",
+        "--val-fraction",
+        "0.4",
+        "--quiet",
+    ]
+    rc, err = _cli(capsys, *args)
+    assert rc == 1 and "already exists; pass --overwrite" in err and err.count("\n") == 1
+    assert (out / "keep.txt").read_text() == "precious"
+    rc, _ = _cli(capsys, *args, "--overwrite")
+    assert rc == 0 and not (out / "keep.txt").exists()
+    assert ShardSet.open(out).splits["train"].documents + ShardSet.open(out).splits["val"].documents == 3
+
+
+def test_prepare_write_failures_leave_nothing(tmp_path, capsys, monkeypatch):
+    (tmp_path / "doc.txt").write_text("text " * 100)
+    (tmp_path / "afile").write_text("not a folder")
+    rc, err = _cli(
+        capsys,
+        "prepare",
+        str(tmp_path / "doc.txt"),
+        "--out",
+        str(tmp_path / "afile" / "out"),
+        "--val-fraction",
+        "0",
+        "--quiet",
+    )
+    assert rc == 1 and "cannot create" in err and err.count("\n") == 1
+
+    import noisylm.prepare as prep
+
+    def disk_full(self, ids, documents):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prep._SplitWriter, "write", disk_full)
+    rc, err = _cli(
+        capsys,
+        "prepare",
+        str(tmp_path / "doc.txt"),
+        "--out",
+        str(tmp_path / "out"),
+        "--val-fraction",
+        "0",
+        "--quiet",
+    )
+    assert rc == 1 and "No space left on device" in err and err.count("\n") == 1
+    assert _no_leftovers(tmp_path, "out")
+
+
+def test_prepare_cli_summary(tmp_path, capsys):
+    rc = main(
+        [
+            "prepare",
+            "--corpus",
+            "python-docs",
+            "--tokenizer",
+            "bytes",
+            "--out",
+            str(tmp_path / "pd"),
+            "--quiet",
+            "--num-proc",
+            "2",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "train" in out and "val" in out and str(tmp_path / "pd") in out
+    assert verify(tmp_path / "pd") == []
