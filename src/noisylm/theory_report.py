@@ -351,6 +351,17 @@ def noise_labels(spans: np.ndarray, starts: np.ndarray, width: int) -> np.ndarra
     return labels
 
 
+def crossing_targets(labels: np.ndarray) -> np.ndarray:
+    """(windows, T) mask of the targets whose context + target mixes clean and noise tokens.
+
+    ``labels`` is (windows, T + 1), True for noise. Target j of a window is token j + 1 with context
+    tokens 0..j; such a pair is in neither supp(P^c) nor supp(P^n) when the tokens 0..j+1 are of both kinds.
+    """
+    seen_noise = np.logical_or.accumulate(labels, axis=1)[:, 1:]
+    seen_clean = np.logical_or.accumulate(~labels, axis=1)[:, 1:]
+    return seen_noise & seen_clean
+
+
 def lemma1_measure(model: Any, mixed: Any, clean_tokens: np.ndarray, config: TheoryConfig) -> dict[str, Any]:
     """Lemma 1 for one model and one mixed shard set (``mixed``: a `ShardSet` with noise spans).
 
@@ -365,10 +376,7 @@ def lemma1_measure(model: Any, mixed: Any, clean_tokens: np.ndarray, config: The
     labels = noise_labels(mixed.noise_spans(), starts, block + 1)
     losses = token_losses(model, train, starts, bs, dev)
     target_noise = labels[:, 1:]
-    # the context of target j is tokens 0..j of the window; it "crosses" if it holds both kinds
-    seen_noise = np.logical_or.accumulate(labels, axis=1)[:, 1:]
-    seen_clean = np.logical_or.accumulate(~labels, axis=1)[:, 1:]
-    crossing = seen_noise & seen_clean
+    crossing = crossing_targets(labels)
     noise_tokens = mixed.tokens("noise")
     n_pure = token_losses(
         model,
