@@ -1,0 +1,110 @@
+"""Where training numbers go: ``metrics.jsonl`` (the contract), TensorBoard, optionally Weights & Biases."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from noisylm.artifacts import atomic_write_text
+from noisylm.errors import NoisyLMError
+
+# Dense bf16/fp16 tensor-core peak FLOP/s by device name (datasheets), for MFU. CPUs: unknown.
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "A10G": 125e12,
+    "A10": 125e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "V100": 125e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "T4": 65e12,
+}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's peak FLOP/s when known (CUDA GPUs in `PEAK_FLOPS`), else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_FLOPS.items():
+        if key in name:
+            return flops
+    return None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a metrics.jsonl (a torn last line from a killed run is dropped)."""
+    if not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
+class MetricsLogger:
+    """Appends lines to ``run_dir/metrics.jsonl`` and mirrors scalars to TensorBoard / wandb (rank 0)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool = True,
+        wandb_project: str | None = None,
+        wandb_run_name: str | None = None,
+        config: dict[str, Any] | None = None,
+        keep_until_iter: int | None = None,
+    ):
+        self.path = run_dir / "metrics.jsonl"
+        if keep_until_iter is None:
+            atomic_write_text(self.path, "")
+        else:  # resuming: drop what was logged after the checkpoint (it will be logged again)
+            kept = [m for m in read_metrics(self.path) if m.get("iter", 0) <= keep_until_iter]
+            atomic_write_text(self.path, "".join(json.dumps(m) + "\n" for m in kept))
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=keep_until_iter)
+        self.wandb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ModuleNotFoundError:
+                raise NoisyLMError(
+                    "wandb_project is set but wandb is not installed; pip install wandb"
+                ) from None
+            self.wandb = wandb.init(project=wandb_project, name=wandb_run_name, config=config, resume="allow")
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, allow_nan=True) + "\n")
+        self._file.flush()
+        step = record["iter"]
+        scalars = {k: v for k, v in record.items() if k not in ("iter", "eval") and _is_number(v)}
+        scalars.update({f"eval/{k}": v for k, v in (record.get("eval") or {}).items() if _is_number(v)})
+        if self.tb is not None:
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
