@@ -89,6 +89,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
+    if hasattr(obj, "tolist") and getattr(obj, "ndim", 0):  # numpy / torch arrays
+        return obj.tolist()
     if hasattr(obj, "item"):  # numpy / torch scalars
         return obj.item()
     if hasattr(obj, "tolist"):
@@ -140,7 +142,7 @@ def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # cleanup must never hide the error that caused it
             path.unlink()
 
 

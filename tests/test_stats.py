@@ -1,0 +1,65 @@
+"""`stats`: counts and priors against brute force; the Fig. 8 PNG; the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from matplotlib.image import imread
+
+from noisylm.cli import main
+from noisylm.shards import ShardSet
+from noisylm.stats import entropy_bits, stats, token_counts
+
+
+def test_counts_and_priors_match_brute_force(noisy_bytes, tmp_path):
+    shards = ShardSet.open(noisy_bytes)
+    result = stats(noisy_bytes, tmp_path / "st")
+    train = np.asarray(shards.tokens("train"))
+    ((offset, length),) = shards.noise_spans().tolist()
+    clean, noise = train[:offset], train[offset:]
+    splits = result["splits"]
+    assert list(splits) == ["train (clean)", "noise", "val"]
+    assert splits["train (clean)"]["tokens"] == len(clean) and splits["noise"]["tokens"] == length
+    assert splits["train (clean)"]["distinct_ids"] == len(np.unique(clean))
+    p = np.bincount(clean) / len(clean)
+    p = p[p > 0]
+    assert abs(splits["train (clean)"]["entropy_bits"] - float(-(p * np.log2(p)).sum())) < 1e-3
+    top = splits["train (clean)"]["top"][0]
+    assert top["id"] == int(np.bincount(clean).argmax()) == 32 and top["text"] == " "
+    assert abs(splits["noise"]["entropy_bits"] - 8.0) < 0.01  # uniform over 256 ids
+    assert splits["train (clean)"]["documents"] == shards.splits["train"].documents
+    assert result["noise"]["kind"] == "uniform" and result["noise"]["spans"] == 1
+    assert np.array_equal(token_counts(shards, "noise"), np.bincount(noise, minlength=257))
+
+
+def test_figure_table_and_json_are_written(noisy_bytes, shakespeare_gpt2, tmp_path):
+    result = stats(noisy_bytes, tmp_path / "st")
+    image = imread(result["figure"])
+    assert image.ndim == 3 and image.shape[1] > 2 * image.shape[0]  # three panels side by side
+    table = (tmp_path / "st" / "stats.md").read_text()
+    assert "| train (clean) |" in table and "| noise |" in table and "α requested 0.2" in table
+    saved = json.loads((tmp_path / "st" / "stats.json").read_text())
+    assert saved["splits"]["noise"]["tokens"] == result["splits"]["noise"]["tokens"]
+    clean = stats(shakespeare_gpt2, tmp_path / "gpt2")  # clean set: two panels, GPT-2 ids
+    assert list(clean["splits"]) == ["train", "val"] and clean["noise"] is None
+    assert clean["splits"]["train"]["top"][0]["text"] in ("\n", ",", " the")
+
+
+def test_entropy_bits_reference():
+    assert entropy_bits(np.array([1, 1, 1, 1])) == 2.0
+    assert entropy_bits(np.array([5, 0, 0])) == 0.0
+    assert entropy_bits(np.zeros(3, dtype=int)) == 0.0
+
+
+def test_stats_cli_default_out_and_bad_dir(noisy_bytes, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(noisy_bytes, copy)
+    assert main(["stats", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "| noise |" in out and (copy / "stats" / "token_priors.png").is_file()
+    assert main(["stats", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not found" in err
