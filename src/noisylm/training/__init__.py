@@ -3,10 +3,25 @@
 Small components, each in its own module: `config` (the dataclass, TOML/YAML/JSON + overrides), `data`
 (seeded, resumable training and eval windows), `checkpoint` (atomic, code-free checkpoints), `metrics`
 (metrics.jsonl, TensorBoard, wandb), `trainer` (the loop, DDP) and `evaluate`.
+
+Names are imported lazily, so that `noisylm --help` does not import torch.
 """
 
-from noisylm.training.config import TrainConfig, load_config, parse_overrides
-from noisylm.training.evaluate import evaluate_checkpoint
-from noisylm.training.trainer import train
+from __future__ import annotations
 
-__all__ = ["TrainConfig", "evaluate_checkpoint", "load_config", "parse_overrides", "train"]
+import importlib
+
+_EXPORTS = {
+    "TrainConfig": "noisylm.training.config",
+    "load_config": "noisylm.training.config",
+    "parse_overrides": "noisylm.training.config",
+    "train": "noisylm.training.trainer",
+    "evaluate_checkpoint": "noisylm.training.evaluate",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'noisylm.training' has no attribute {name!r}")

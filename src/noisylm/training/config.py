@@ -10,10 +10,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from noisylm.errors import UsageError
-from noisylm.model import PRESETS, GPTConfig, preset
+
+if TYPE_CHECKING:
+    from noisylm.model import GPTConfig
 
 SAMPLERS = ("paired", "uniform")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -139,6 +141,8 @@ class TrainConfig:
             raise UsageError(f"sampler {self.sampler!r} is not valid; use one of: {', '.join(SAMPLERS)}")
         if self.dtype not in DTYPES:
             raise UsageError(f"dtype {self.dtype!r} is not valid; use one of: {', '.join(DTYPES)}")
+        from noisylm.model import PRESETS  # imports torch: only when a config is built
+
         if self.model not in PRESETS:
             raise UsageError(f"unknown model preset {self.model!r}; choose one of: {', '.join(PRESETS)}")
         positive = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval")
@@ -170,6 +174,8 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The preset with this config's overrides, for a vocabulary of ``vocab_size`` tokens."""
+        from noisylm.model import preset
+
         overrides = {
             k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
         }
