@@ -55,6 +55,7 @@ class TheoryConfig:
         this many training tokens; bigger corpora get Lemma 1 for the sweep's own placement only.
     batch_size: windows per forward pass.
     device: torch device for the evaluations ("cpu", "cuda", "mps").
+    threads: torch intra-op threads on CPU during `theory` (None: PyTorch's default).
     seed: seeds the choice of windows.
     """
 
@@ -65,6 +66,7 @@ class TheoryConfig:
     lemma1_max_tokens: int = 50_000_000
     batch_size: int = 16
     device: str = "cpu"
+    threads: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -73,6 +75,8 @@ class TheoryConfig:
         for name in ("eval_windows", "lemma1_windows", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
         if self.lemma1_max_tokens < 0:
             raise UsageError("--lemma1-max-tokens must be >= 0")
 
@@ -86,6 +90,7 @@ class RunInfo:
     name: str
     kind: str | None
     alpha: float  # achieved α of the shard set (requested α when unknown)
+    params: dict[str, Any]  # the noise parameters as the sweep passed them to `inject`
     data: Path
     run_dir: Path
     checkpoints: dict[int, Path]  # iteration -> checkpoint directory
@@ -115,7 +120,10 @@ def load_sweep(sweep_dir: Path) -> tuple[dict[str, Any], RunInfo, list[RunInfo]]
             record = read_json(manifest, "shard manifest").get("noise") or {}
             alpha = float(record.get("alpha_achieved", alpha))
         run_dir = sweep_dir / entry["run_dir"]
-        runs.append(RunInfo(entry["name"], entry["kind"], alpha, data, run_dir, _checkpoints(run_dir)))
+        params = dict(entry.get("params") or {})
+        runs.append(
+            RunInfo(entry["name"], entry["kind"], alpha, params, data, run_dir, _checkpoints(run_dir))
+        )
     clean = next((r for r in runs if r.name == meta.get("clean_run")), None)
     if clean is None:
         raise NoisyLMError(
@@ -472,7 +480,6 @@ def lemma1_for_run(
         extra = {}
         if other == "interleave" and record.get("placement_params"):
             extra = {k: record["placement_params"][k] for k in ("doc_median", "doc_sigma")}
-        params = {k: v for k, v in record["params"].items() if k != "passes"}
         try:
             twin = inject(
                 clean_data,
@@ -481,7 +488,7 @@ def lemma1_for_run(
                 kind=record["kind"],
                 seed=int(record["seed"]),
                 placement=other,
-                params=params,
+                params=run.params,
                 progress=False,
                 **extra,
             )
@@ -666,6 +673,18 @@ def theory(sweep_dir: str | os.PathLike, config: TheoryConfig | None = None, **o
         config = dataclasses.replace(config, **options)
     root = Path(sweep_dir)
     meta, clean, noisy = load_sweep(root)
+    import torch
+
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _theory(root, config, clean, noisy)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _theory(root: Path, config: TheoryConfig, clean: RunInfo, noisy: list[RunInfo]) -> Path:
     report_dir = root / "report"
     evaluator = _Evaluator(config)
     notes: list[str] = []

@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: PyTorch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the window choice")
     parser.set_defaults(handler=_theory)
 
@@ -67,6 +68,7 @@ def _theory(args: argparse.Namespace) -> int:
         lemma1_max_tokens=args.lemma1_max_tokens,
         batch_size=args.batch_size,
         device=args.device,
+        threads=args.threads,
         seed=args.seed,
     )
     folder = theory(args.sweep_dir, config)
