@@ -119,3 +119,40 @@ def test_open_refuses_a_manifest_that_does_not_match(noisy_copy, tmp_path):
     with pytest.raises(NoisyLMError, match="not found"):
         ShardSet.open(tmp_path / "nothing")
     assert verify(tmp_path / "nothing") != []
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_odd_length, "not a multiple of 2"),
+        (
+            lambda p: _edit_manifest(p, lambda m: m["splits"]["train"].update(tokens=5)),
+            "does not match its files",
+        ),
+        (lambda p: (p / "manifest.json").unlink(), "manifest .* not found"),
+    ],
+)
+def test_damaged_sets_are_refused_by_every_command(tmp_path, shakespeare_bytes, capsys, damage, message):
+    import re
+
+    bad = tmp_path / "bad"
+    shutil.copytree(shakespeare_bytes, bad)
+    damage(bad)
+    for argv in (
+        ["inject", str(bad), "--alpha", "0.1", "--out", str(tmp_path / "out"), "--quiet"],
+        ["stats", str(bad), "--out", str(tmp_path / "st")],
+        ["merge", str(bad), "--out", str(tmp_path / "merged")],
+    ):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.search(message, err), err
+    assert not any((tmp_path / name).exists() for name in ("out", "st", "merged"))
+
+
+def test_out_of_range_ids_are_refused_by_stats(tmp_path, shakespeare_bytes, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(shakespeare_bytes, bad)
+    _big_token(bad)
+    assert main(["stats", str(bad), "--out", str(tmp_path / "st")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ids >= vocab size 257" in err and not (tmp_path / "st").exists()

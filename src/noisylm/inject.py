@@ -22,10 +22,12 @@ generated in fixed chunks, so the same inputs and seed give byte-identical files
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import queue
 import shutil
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,7 +41,7 @@ from noisylm.shards import MANIFEST, ShardSet, write_manifest
 
 PLACEMENTS = ("append", "interleave")
 NOISE_CHUNK = 1 << 22  # noise is generated in chunks of this many tokens (part of the seeded recipe)
-COPY_BYTES = 1 << 23
+COPY_BYTES = 1 << 26
 
 
 @dataclass
@@ -201,24 +203,87 @@ def _document_starts(parent: ShardSet, chunk: int = 1 << 24) -> np.ndarray:
     return np.unique(np.concatenate(starts))
 
 
+class _NoiseStream:
+    """The noise in order, generated in chunks whose sizes depend only on the total (so the same seed
+    gives the same tokens however they are consumed); the next chunk is generated on a worker
+    thread while the current one is written (numpy and tiktoken release the GIL)."""
+
+    def __init__(self, sampler: Any, total: int, dtype: np.dtype):
+        self.sampler, self.dtype = sampler, dtype
+        self.sizes = iter([min(NOISE_CHUNK, total - lo) for lo in range(0, total, NOISE_CHUNK)])
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.next = self._submit()
+        self.pending = np.zeros(0, dtype=dtype)
+
+    def _submit(self) -> Future | None:
+        size = next(self.sizes, 0)
+        return (
+            self.pool.submit(lambda: self.sampler.sample(size).astype(self.dtype, copy=False))
+            if size
+            else None
+        )
+
+    def take(self, n: int) -> np.ndarray:
+        parts = []
+        while n > 0:
+            if len(self.pending) == 0:
+                if self.next is None:
+                    raise RuntimeError("noise stream exhausted")  # a bug: placements exceed the total
+                self.pending, self.next = self.next.result(), None
+                self.next = self._submit()
+            part, self.pending = self.pending[:n], self.pending[n:]
+            parts.append(part)
+            n -= len(part)
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _HashingWriter:
-    """Writes bytes to a file and hashes them on a background thread (hashlib releases the GIL),
-    so hashing overlaps reading and writing."""
+    """Appends to a file and hashes what it wrote on a background thread (hashlib releases the GIL),
+    so hashing overlaps writing. Clean stretches are copied by the kernel (``os.copy_file_range``,
+    as ``shutil.copyfile`` does) and hashed from a memory map of the source, without a user-space copy."""
 
     def __init__(self, path: Path):
-        self.fh: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in finish()
+        self.fh: BinaryIO = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in finish()
         self.hash = hashlib.sha256()
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self.queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=4)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while (data := self.queue.get()) is not None:
             self.hash.update(data)
+            del data  # release memoryviews of the source map promptly
 
     def write(self, data: bytes) -> None:
-        self.fh.write(data)
+        view = memoryview(data)
+        while view:
+            view = view[self.fh.write(view) :]
         self.queue.put(data)
+
+    def copy_from(self, src_fd: int, src_map: mmap.mmap, offset: int, nbytes: int) -> None:
+        """Append ``nbytes`` of the source file starting at byte ``offset``."""
+        end = offset + nbytes
+        while offset < end:
+            size = min(COPY_BYTES, end - offset)
+            done = 0
+            if hasattr(os, "copy_file_range"):
+                try:
+                    while done < size:
+                        n = os.copy_file_range(src_fd, self.fh.fileno(), size - done, offset + done)
+                        if n == 0:
+                            break
+                        done += n
+                except OSError:  # e.g. across file systems on old kernels: fall back to read + write
+                    pass
+            if done < size:
+                view = memoryview(src_map)[offset + done : offset + size]
+                while view:
+                    view = view[self.fh.write(view) :]
+            self.queue.put(memoryview(src_map)[offset : offset + size])
+            offset += size
 
     def finish(self) -> str:
         self.queue.put(None)
@@ -241,7 +306,6 @@ def _write_train(
     clean = parent.splits["train"].tokens
     n_noise = sum(n for _, n in insertions)
     train_out, noise_out = _HashingWriter(train_path), _HashingWriter(noise_path)
-    pending = np.zeros(0, dtype=parent.dtype)  # generated but not yet written noise
     spans: list[list[int]] = []
     noise_eots = 0
     bar = tqdm(
@@ -252,34 +316,22 @@ def _write_train(
         disable=(not progress) if progress is not None else None,
     )
 
-    generated = 0
+    stream = _NoiseStream(sampler, n_noise, parent.dtype)
+    take_noise = stream.take
 
-    def take_noise(n: int) -> np.ndarray:
-        nonlocal pending, generated
-        parts = []
-        while n > 0:
-            if len(pending) == 0:
-                size = min(NOISE_CHUNK, n_noise - generated)  # fixed by n_noise: same seed, same stream
-                pending = sampler.sample(size).astype(parent.dtype, copy=False)
-                generated += size
-            part, pending = pending[:n], pending[n:]
-            parts.append(part)
-            n -= len(part)
-        return np.concatenate(parts) if len(parts) != 1 else parts[0]
-
+    src_map = None
     try:
         with open(parent.path / parent.splits["train"].file, "rb") as src:
+            src_map = mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) if clean else None
             copied = 0  # clean tokens written so far
             out_pos = 0
 
             def copy_clean(upto: int) -> None:
                 nonlocal copied, out_pos
-                remaining = (upto - copied) * itemsize
-                while remaining:
-                    data = src.read(min(COPY_BYTES, remaining))
-                    train_out.write(data)
-                    remaining -= len(data)
-                    bar.update(len(data))
+                if upto > copied:
+                    nbytes = (upto - copied) * itemsize
+                    train_out.copy_from(src.fileno(), src_map, copied * itemsize, nbytes)
+                    bar.update(nbytes)
                 out_pos += upto - copied
                 copied = upto
 
@@ -301,6 +353,9 @@ def _write_train(
                 out_pos += length
             copy_clean(clean)
     finally:
+        stream.close()
         train_hash, noise_hash = train_out.finish(), noise_out.finish()
         bar.close()
+        if src_map is not None:
+            src_map.close()
     return train_hash, noise_hash, spans, noise_eots

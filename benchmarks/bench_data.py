@@ -1,0 +1,218 @@
+"""Data-stage benchmarks, each against a named reference measured in the same run.
+
+(a) `prepare` throughput, GPT-2 tokenizer, 2 processes, vs one tiktoken `encode_ordinary` call over
+    the same text (MB of text per second; target >= 1.6x).
+(b) `inject` at alpha = 0.2 into a 200M-token shard vs `shutil.copyfile` of that shard (MB of input
+    shard per second; target >= 0.5x). The shard is generated in a temporary directory and deleted.
+(c) peak RSS of `prepare` (GPT-2, 2 processes) on a 1 GB text file (target <= 1 GB), sampled from
+    /proc over the whole process tree.
+
+usage: python benchmarks/bench_data.py [--only a,b,c] [--prepare-mb 32] [--inject-tokens 200000000]
+       [--rss-gb 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from noisylm.artifacts import atomic_write_json, sha256_file
+from noisylm.corpora import bundled_corpora, iter_documents
+from noisylm.inject import inject
+from noisylm.prepare import prepare
+from noisylm.shards import MANIFEST, SHARD_FORMAT
+from noisylm.tokenizers import get_tokenizer
+
+
+def bundled_text() -> list[str]:
+    corpora = bundled_corpora()
+    return list(iter_documents([corpora["shakespeare"], corpora["python-docs"]]))
+
+
+def write_corpus(folder: Path, megabytes: float, docs: list[str]) -> int:
+    """A folder of real documents (the bundled corpora, repeated) totalling ``megabytes``."""
+    folder.mkdir(parents=True)
+    total, i = 0, 0
+    while total < megabytes * 1e6:
+        text = docs[i % len(docs)]
+        (folder / f"doc{i:05d}.txt").write_text(text, encoding="utf-8")
+        total += len(text.encode("utf-8"))
+        i += 1
+    return total
+
+
+def bench_prepare(tmp: Path, megabytes: float) -> dict:
+    docs = bundled_text()
+    folder = tmp / "text"
+    size = write_corpus(folder, megabytes, docs)
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted(folder.iterdir()))
+    enc = get_tokenizer("gpt2").encoding
+    t0 = time.perf_counter()
+    n_ref = len(enc.encode_ordinary(text))
+    t_ref = time.perf_counter() - t0
+    del text
+    results = {"text_MB": size / 1e6, "reference_tokens": n_ref, "reference_s": t_ref}
+    for procs in (1, 2):
+        t0 = time.perf_counter()
+        shards = prepare([folder], tmp / f"shards{procs}", tokenizer="gpt2", num_proc=procs, progress=False)
+        results[f"prepare_{procs}proc_s"] = time.perf_counter() - t0
+        results[f"prepare_{procs}proc_tokens"] = shards.splits["train"].tokens + shards.splits["val"].tokens
+    return results
+
+
+def make_shard(path: Path, tokens: int) -> None:
+    """A valid clean GPT-2 shard set of ``tokens`` training tokens (real Shakespeare ids, tiled)."""
+    path.mkdir(parents=True)
+    play = np.asarray(get_tokenizer("gpt2").encode(bundled_text()[0]) + [50256], dtype=np.uint16)
+    reps = -(-tokens // len(play))
+    with open(path / "train.bin", "wb") as fh:
+        block = np.tile(play, max(1, (1 << 24) // len(play)))
+        written = 0
+        while written < tokens:
+            part = block[: tokens - written]
+            fh.write(part.tobytes())
+            written += len(part)
+    play[:1000].tofile(path / "val.bin")
+    train_docs = int(tokens // len(play)) + (1 if tokens % len(play) >= len(play) else 0)
+    del reps
+    manifest = {
+        "format": SHARD_FORMAT, "tokenizer": "gpt2", "vocab_size": 50257, "eot_id": 50256, "dtype": "uint16",
+        "splits": {
+            "train": {"file": "train.bin", "tokens": tokens, "documents": train_docs,
+                      "sha256": sha256_file(path / "train.bin")},
+            "val": {"file": "val.bin", "tokens": 1000, "documents": 0, "sha256": sha256_file(path / "val.bin")},
+        },
+        "sources": [], "val_fraction": 0.0, "seed": 0, "noise": None, "provenance": {},
+    }
+    atomic_write_json(path / MANIFEST, manifest)
+
+
+def bench_inject(tmp: Path, tokens: int) -> dict:
+    shard = tmp / "big"
+    make_shard(shard, tokens)
+    size = (shard / "train.bin").stat().st_size
+    shutil.copyfile(shard / "train.bin", tmp / "warm.bin")  # page cache warm for both contenders
+    os.remove(tmp / "warm.bin")
+    t0 = time.perf_counter()
+    shutil.copyfile(shard / "train.bin", tmp / "copy.bin")
+    t_copy = time.perf_counter() - t0
+    os.remove(tmp / "copy.bin")
+    t0 = time.perf_counter()
+    out = inject(shard, tmp / "noisy", alpha=0.2, kind="uniform", seed=0, progress=False)
+    t_inject = time.perf_counter() - t0
+    result = {"shard_tokens": tokens, "shard_MB": size / 1e6, "copyfile_s": t_copy, "inject_s": t_inject,
+              "noise_tokens": out.noise["noise_tokens"], "alpha_achieved": out.noise["alpha_achieved"]}
+    shutil.rmtree(tmp / "noisy")
+    shutil.rmtree(shard)
+    return result
+
+
+RSS_SCRIPT = """
+import sys
+from noisylm.prepare import prepare
+prepare([sys.argv[1]], sys.argv[2], tokenizer="gpt2", num_proc=2, val_fraction=0.0, progress=False)
+"""
+
+
+def _tree_rss_kb(pid: int) -> int:
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                total += next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    stack += [int(c) for c in fh.read().split()]
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return total
+
+
+def bench_rss(tmp: Path, gigabytes: float) -> dict:
+    docs = "\n".join(bundled_text())
+    big = tmp / "one-gigabyte.txt"
+    with open(big, "w", encoding="utf-8") as fh:  # ONE document: the hardest case for streaming
+        written = 0
+        while written < gigabytes * 1e9:
+            fh.write(docs)
+            written += len(docs)
+    size = big.stat().st_size
+    peak = 0
+    proc = subprocess.Popen([sys.executable, "-c", RSS_SCRIPT, str(big), str(tmp / "rss-shards")])
+    t0 = time.perf_counter()
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _tree_rss_kb(proc.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = proc.wait()
+    stop.set()
+    sampler.join()
+    seconds = time.perf_counter() - t0
+    tokens = json.loads((tmp / "rss-shards" / MANIFEST).read_text())["splits"]["train"]["tokens"] if code == 0 else 0
+    shutil.rmtree(tmp / "rss-shards", ignore_errors=True)
+    os.remove(big)
+    return {"input_MB": size / 1e6, "peak_tree_rss_MB": peak / 1024, "exit_code": code, "seconds": seconds,
+            "tokens": tokens}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="a,b,c")
+    ap.add_argument("--prepare-mb", type=float, default=32.0)
+    ap.add_argument("--inject-tokens", type=int, default=200_000_000)
+    ap.add_argument("--rss-gb", type=float, default=1.0)
+    args = ap.parse_args()
+    which = set(args.only.split(","))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="noisylm-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        if "a" in which:
+            r = bench_prepare(tmp / "a", args.prepare_mb)
+            ref = r["text_MB"] / r["reference_s"]
+            for procs in (1, 2):
+                ours = r["text_MB"] / r[f"prepare_{procs}proc_s"]
+                rows.append((f"(a) prepare gpt2, {procs} proc, {r['text_MB']:.0f} MB", f"{ours:.1f} MB/s",
+                             f"tiktoken encode_ordinary {ref:.1f} MB/s", f"{ours / ref:.2f}x",
+                             ">= 1.6x" if procs == 2 else ""))
+            print(json.dumps(r), file=sys.stderr)
+        if "b" in which:
+            r = bench_inject(tmp / "b", args.inject_tokens)
+            ours, ref = r["shard_MB"] / r["inject_s"], r["shard_MB"] / r["copyfile_s"]
+            rows.append((f"(b) inject uniform a=0.2 into {r['shard_tokens'] / 1e6:.0f}M tokens",
+                         f"{ours:.0f} MB/s ({r['inject_s']:.2f} s)",
+                         f"shutil.copyfile {ref:.0f} MB/s ({r['copyfile_s']:.2f} s)", f"{ours / ref:.2f}x",
+                         ">= 0.5x"))
+            print(json.dumps(r), file=sys.stderr)
+        if "c" in which:
+            r = bench_rss(tmp / "c" if (tmp / "c").mkdir() is None else tmp, args.rss_gb)
+            rows.append((f"(c) prepare gpt2, 2 proc, one {r['input_MB'] / 1000:.2f} GB file",
+                         f"peak RSS {r['peak_tree_rss_MB']:.0f} MB (all processes)",
+                         f"{r['seconds']:.0f} s, {r['tokens'] / 1e6:.0f}M tokens, exit {r['exit_code']}",
+                         f"{r['peak_tree_rss_MB'] / 1024:.2f} GB", "<= 1 GB"))
+            print(json.dumps(r), file=sys.stderr)
+    print("| benchmark | noisylm | reference | ratio | target |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
