@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from noisylm.cli import main as cli_main
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.sweep import PRESETS, SweepConfig, load_sweep_config, run_name, sweep
+from noisylm.sweep import PRESETS, SweepConfig, load_sweep_config, run_name, run_status, sweep
+
+pytest_plugins = ["sweep_fixtures"]  # the `finished_sweep` and `tiny_config` fixtures
+RUNS = ["clean", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.2"]  # the grid of `tiny_config`
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -118,3 +129,160 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("noisylm sweep: error: unknown noise kind")
     assert cli_main(["report", str(tmp_path)]) == 1
     assert "not a sweep directory" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# A reduced real sweep
+
+
+def _eval_lines(run_dir: Path) -> list[dict]:
+    return [m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "eval" in m]
+
+
+def test_reduced_sweep_writes_the_grid(finished_sweep):
+    meta = json.loads((finished_sweep / "sweep.json").read_text())
+    assert [r["name"] for r in meta["runs"]] == RUNS and meta["clean_run"] == "clean"
+    summary = json.loads((finished_sweep / "summary.json").read_text())
+    by_name = {r["name"]: r for r in summary["runs"]}
+    clean_val = _eval_lines(finished_sweep / "runs" / "clean")[-1]["eval"]["val"]
+    for name in RUNS:
+        run_dir = finished_sweep / "runs" / name
+        assert run_status(run_dir) == "finished"
+        evals = _eval_lines(run_dir)
+        assert [m["iter"] for m in evals] == [0, 4, 8, 12]
+        expected_sets = {"val", "docs"} | ({"noise"} if name != "clean" else set())
+        assert set(evals[-1]["eval"]) == expected_sets
+        # The summary's numbers are the run's last eval line; increases are relative to the clean run.
+        row = by_name[name]
+        assert row["status"] == "finished" and row["eval"] == evals[-1]["eval"] and row["iter"] == 12
+        assert row["val_increase"] == pytest.approx(evals[-1]["eval"]["val"] - clean_val, abs=1e-12)
+        if name != "clean":
+            assert row["val_increase_rel_per_alpha"] == pytest.approx(
+                row["val_increase"] / clean_val / row["alpha"], rel=1e-9
+            )
+            noise = json.loads((finished_sweep / "data" / name / "manifest.json").read_text())["noise"]
+            assert abs(noise["alpha_achieved"] - row["alpha"]) < 1e-3 and noise["kind"] == row["kind"]
+            assert row["alpha_achieved"] == noise["alpha_achieved"]
+    # Paired runs: same initial weights and eval windows, so the losses before training are identical,
+    # and the run configs differ only in the training data.
+    first = {name: _eval_lines(finished_sweep / "runs" / name)[0]["eval"] for name in RUNS}
+    assert len({(e["val"], e["docs"]) for e in first.values()}) == 1
+    configs = {n: json.loads((finished_sweep / "configs" / f"{n}.json").read_text()) for n in RUNS}
+    for name in RUNS:
+        assert {k: v for k, v in configs[name].items() if k != "data"} == {
+            k: v for k, v in configs["clean"].items() if k != "data"
+        }
+    md = (finished_sweep / "summary.md").read_text()
+    assert all(f"| {name} |" in md for name in RUNS)
+
+
+def test_rerun_skips_finished_runs(finished_sweep, tmp_path, tiny_config, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(finished_sweep, out)
+    before = {n: (out / "runs" / n / "metrics.jsonl").read_bytes() for n in RUNS}
+    summary = sweep(tiny_config(), out)
+    assert summary["counts"]["finished"] == len(RUNS)
+    assert {n: (out / "runs" / n / "metrics.jsonl").read_bytes() for n in RUNS} == before
+    assert capsys.readouterr().err.count("finished, skipped") == len(RUNS)
+    changed = tiny_config()
+    changed.train["max_iters"] = 13
+    with pytest.raises(NoisyLMError, match="different settings .*train"):
+        sweep(changed, out)
+
+
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+from noisylm.training import metrics
+
+original = metrics.MetricsLogger.log
+
+def log(self, record):  # fault injection: SIGKILL the sweep mid-run, between two checkpoints
+    original(self, record)
+    if self.path.parent.name == sys.argv[3] and record["iter"] == int(sys.argv[4]) and "train_loss" in record:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+metrics.MetricsLogger.log = log
+from noisylm.sweep import sweep
+sweep(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_interrupted_sweep_resumes_to_the_same_numbers(finished_sweep, tmp_path, tiny_config):
+    config = tiny_config()
+    config_path = tmp_path / "sweep.json"
+    config_path.write_text(json.dumps(config.to_dict()))
+    out = tmp_path / "sweep"
+    # Killed at iteration 10 of the third run: its last checkpoint is from iteration 8.
+    result = subprocess.run(
+        [sys.executable, "-c", KILLER, str(config_path), str(out), "uniform-a0.2", "10"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    statuses = [run_status(out / "runs" / n) for n in RUNS]
+    assert statuses == ["finished", "finished", "interrupted", "pending"]
+    assert max(m["iter"] for m in _metrics(out / "runs" / "uniform-a0.2")) == 10
+
+    summary = sweep(config, out)
+    assert summary["counts"]["finished"] == len(RUNS)
+    reference = json.loads((finished_sweep / "summary.json").read_text())
+    assert [r["eval"] for r in summary["runs"]] == [r["eval"] for r in reference["runs"]]
+    for name in RUNS:  # every logged loss, train and eval, equals the uninterrupted sweep's
+        strip = [
+            {k: v for k, v in m.items() if k not in ("tokens_per_s", "mfu")}
+            for m in _metrics(out / "runs" / name)
+        ]
+        want = [
+            {k: v for k, v in m.items() if k not in ("tokens_per_s", "mfu")}
+            for m in _metrics(finished_sweep / "runs" / name)
+        ]
+        assert strip == want, name
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_print_commands_prepare_runnable_jobs(tmp_path, tiny_config, shakespeare_bytes, python_docs_bytes):
+    config = tiny_config()
+    out = tmp_path / "sweep"
+    summary = sweep(config, out, print_commands=True)
+    commands = summary["commands"]
+    assert len(commands) == len(RUNS) and summary["counts"]["pending"] == len(RUNS)
+    assert not (out / "runs").exists()  # nothing trained
+    assert (out / "commands.sh").read_text().splitlines()[2:] == commands
+    for name, command in zip(RUNS, commands, strict=True):
+        argv = shlex.split(command)
+        assert argv[:2] == ["noisylm", "train"] and argv[3:] == [
+            "--out",
+            str(out / "runs" / name),
+            "--resume",
+        ]
+        from noisylm.training import load_config
+
+        train_config = load_config(argv[2])
+        expected_data = shakespeare_bytes if name == "clean" else out / "data" / name
+        assert Path(train_config.data) == expected_data.resolve()
+        assert train_config.eval_sets == {"docs": str(python_docs_bytes.resolve())}
+    # A scheduler runs one of them; the sweep then counts it as finished and prints the rest.
+    assert cli_main(shlex.split(commands[0])[1:]) == 0
+    again = sweep(config, out, print_commands=True)
+    assert again["commands"] == commands[1:] and again["counts"]["finished"] == 1
+    config.launcher, config.nproc_per_node = "torchrun", 2
+    torchrun = sweep(config, out, print_commands=True)["commands"]
+    assert shlex.split(torchrun[0])[:5] == ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "noisylm"]
+
+
+def test_failed_runs_are_recorded_and_skipped(tmp_path, tiny_config, capsys):
+    config = tiny_config()
+    config.noise = config.noise[:1]
+    config.train["vocab_size"] = 1000  # does not match the byte-level shards: every run fails
+    out = tmp_path / "sweep"
+    summary = sweep(config, out)
+    assert summary["counts"]["failed"] == 3
+    assert all("vocab" in r["error"] for r in summary["runs"])
+    assert "Failed runs" in (out / "summary.md").read_text()
+    sweep(config, out)
+    assert capsys.readouterr().err.count("failed, skipped") == 3

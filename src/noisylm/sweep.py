@@ -491,7 +491,7 @@ def _train_one(config: SweepConfig, plan: dict[str, Any], run_dir: Path, resume:
         return
     from noisylm.training import TrainConfig, train
 
-    train(_make(TrainConfig, dict(plan["train"]), "[train]"), run_dir, resume=resume, overwrite=not resume)
+    train(TrainConfig.from_dict(dict(plan["train"])), run_dir, resume=resume, overwrite=not resume)
 
 
 def _record_failure(run_dir: Path, message: str) -> None:
