@@ -75,6 +75,8 @@ class ScanConfig:
         random noise has no sequential structure, text does, even text whose unigram statistics are
         unusual (names in capitals, runs of indentation), which a unigram mixture alone would flag.
     bigram_sample: at most this many tokens outside the candidate spans train the bigram model.
+    candidate_margin: windows scoring within this margin below the threshold are re-checked with the
+        bigram model too (structured noise such as mojibake can look text-like to a unigram model).
     split: which split to scan (noise is injected into "train").
     chunk_tokens: tokens read from the memmap at a time (bounds memory).
     model: checkpoint directory for the "model" detector.
@@ -94,7 +96,8 @@ class ScanConfig:
     min_span: int = 32
     min_score: float = 8.0
     bigram: bool = True
-    bigram_sample: int = 1 << 24
+    bigram_sample: int = 1 << 22
+    candidate_margin: float = 1.5
     split: str = "train"
     chunk_tokens: int = 1 << 22
     model: str | None = None
@@ -314,6 +317,20 @@ class BigramModel:
     keys: np.ndarray | None = None
     key_counts: np.ndarray | None = None
     pairs: int = 0
+    pieces: np.ndarray | None = None  # [lo, hi) token ranges the counts came from
+    exclude: np.ndarray | None = None  # [offset, length] spans whose pairs were skipped
+
+    def counted(self, positions: np.ndarray) -> np.ndarray:
+        """Whether the pair (t−1, t) at each position t is inside the counts (for leave-one-out)."""
+        inside = np.zeros(len(positions), dtype=bool)
+        if self.pieces is not None and len(self.pieces):
+            which = np.maximum(np.searchsorted(self.pieces[:, 0], positions - 1, side="right") - 1, 0)
+            inside = (positions - 1 >= self.pieces[which, 0]) & (positions < self.pieces[which, 1])
+        if self.exclude is not None and len(self.exclude):
+            excluded_prev = _coverage(self.exclude, positions) - _coverage(self.exclude, positions - 1) > 0
+            excluded_cur = _coverage(self.exclude, positions + 1) - _coverage(self.exclude, positions) > 0
+            inside &= ~(excluded_prev | excluded_cur)
+        return inside
 
     def pair_counts(self, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
         key = prev.astype(np.int64) * self.vocab_size + cur
@@ -325,11 +342,17 @@ class BigramModel:
         idx = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
         return np.where(self.keys[idx] == key, self.key_counts[idx], 0)
 
-    def log_prob(self, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
-        """log p(cur | prev), element-wise."""
+    def log_prob(self, prev: np.ndarray, cur: np.ndarray, held_out: np.ndarray | None = None) -> np.ndarray:
+        """log p(cur | prev), element-wise; where ``held_out``, the pair's own occurrence is removed from
+        the counts first (leave-one-out), so a pair is never explained by itself."""
         counts = self.pair_counts(prev, cur).astype(np.float64)
         first = self.first_counts[prev].astype(np.float64)
         followers = self.followers[prev].astype(np.float64)
+        if held_out is not None:
+            own = held_out & (counts > 0)
+            followers = followers - (own & (counts == 1))
+            counts = counts - own
+            first = first - own
         backoff = np.exp(self.log_unigram[cur])
         denom = first + followers
         prob = np.where(denom > 0, (counts + followers * backoff) / np.maximum(denom, 1.0), backoff)
@@ -343,8 +366,8 @@ def fit_bigram(
     tokens: np.ndarray,
     exclude: np.ndarray,
     log_unigram: np.ndarray,
-    sample_tokens: int = 1 << 24,
-    piece_tokens: int = 1 << 16,
+    sample_tokens: int = 1 << 22,
+    piece_tokens: int = 1 << 14,
 ) -> BigramModel:
     """Bigram counts over at most ``sample_tokens`` tokens (evenly spaced pieces), skipping every pair
     that touches an ``exclude`` span (the current noise estimate), so the model describes clean text."""
@@ -355,17 +378,14 @@ def fit_bigram(
         count = max(sample_tokens // piece_tokens, 1)
         starts = np.linspace(0, n - piece_tokens, count).astype(np.int64)
         pieces = [(int(p), int(p) + piece_tokens) for p in starts]
-    ex_starts = exclude[:, 0] if len(exclude) else np.zeros(0, np.int64)
-    ex_ends = exclude[:, 0] + exclude[:, 1] if len(exclude) else np.zeros(0, np.int64)
     dense = vocab <= DENSE_BIGRAM_MAX_VOCAB
     table = np.zeros(vocab * vocab, dtype=np.int64) if dense else None
     collected: list[np.ndarray] = []
     for lo, hi in pieces:
         x = np.asarray(tokens[lo:hi]).astype(np.int64)
-        excluded = np.zeros(len(x), dtype=bool)
-        first, last = np.searchsorted(ex_ends, lo, side="right"), np.searchsorted(ex_starts, hi, side="left")
-        for a, b in zip(ex_starts[first:last].tolist(), ex_ends[first:last].tolist(), strict=True):
-            excluded[max(a - lo, 0) : max(b - lo, 0)] = True
+        positions = np.arange(lo, hi + 1, dtype=np.int64)
+        # a token is excluded when a span covers it: coverage(t + 1) − coverage(t) = 1
+        excluded = np.diff(_coverage(exclude, positions)) > 0 if len(exclude) else np.zeros(len(x), bool)
         ok = ~(excluded[:-1] | excluded[1:])
         keys = x[:-1][ok] * vocab + x[1:][ok]
         if dense:
@@ -382,6 +402,8 @@ def fit_bigram(
             followers=(pair_table > 0).sum(axis=1),
             dense=table,
             pairs=int(table.sum()),
+            pieces=np.asarray(pieces, dtype=np.int64),
+            exclude=exclude,
         )
     all_keys = np.concatenate(collected) if collected else np.zeros(0, np.int64)
     keys, key_counts = np.unique(all_keys, return_counts=True)
@@ -394,6 +416,8 @@ def fit_bigram(
         keys=keys,
         key_counts=key_counts,
         pairs=len(all_keys),
+        pieces=np.asarray(pieces, dtype=np.int64),
+        exclude=exclude,
     )
 
 
@@ -411,7 +435,8 @@ def _refine_with_bigram(
 
     def scores(a: int, b: int) -> np.ndarray:
         x = np.asarray(tokens[max(a - 1, 0) : b]).astype(np.int64)
-        log_pc = bigram.log_prob(x[:-1], x[1:])
+        positions = np.arange(max(a, 1), b, dtype=np.int64)
+        log_pc = bigram.log_prob(x[:-1], x[1:], bigram.counted(positions))
         if a == 0:  # the corpus's first token has no predecessor
             log_pc = np.concatenate([bigram.log_unigram[x[:1]], log_pc])
             cur = x
@@ -504,8 +529,14 @@ def detect_mixture(
     candidates = spans
     bigram_info: dict[str, Any] = {}
     if config.bigram and len(spans):
-        bigram = fit_bigram(tokens, spans, log_qc, config.bigram_sample)
-        spans = _refine_with_bigram(tokens, spans, log_qn, bigram, threshold, config)
+        # lenient candidates: windows within candidate_margin of the threshold, plus the current spans
+        lenient = _regions(scores > threshold - config.candidate_margin, n, config.stride, config.window)
+        ranges = np.concatenate([lenient, np.stack([spans[:, 0], spans[:, 0] + spans[:, 1]], axis=1)])
+        ranges = _merge_regions(ranges[np.argsort(ranges[:, 0], kind="stable")], 0, n)
+        candidates = np.stack([ranges[:, 0], ranges[:, 1] - ranges[:, 0]], axis=1)
+        for _ in range(2):  # the clean bigram model skips the current noise estimate, then re-fits once
+            bigram = fit_bigram(tokens, spans, log_qc, config.bigram_sample)
+            spans = _refine_with_bigram(tokens, candidates, log_qn, bigram, threshold, config)
         bigram_info = {
             "pairs": bigram.pairs,
             "candidate_tokens": int(candidates[:, 1].sum()),
