@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from matplotlib.image import imread
 
 from noisylm.cli import main
@@ -12,9 +13,15 @@ from noisylm.shards import ShardSet
 from noisylm.stats import entropy_bits, stats, token_counts
 
 
-def test_counts_and_priors_match_brute_force(noisy_bytes, tmp_path):
+@pytest.fixture(scope="module")
+def noisy_stats(noisy_bytes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stats") / "st"
+    return stats(noisy_bytes, out), out
+
+
+def test_counts_and_priors_match_brute_force(noisy_bytes, noisy_stats):
     shards = ShardSet.open(noisy_bytes)
-    result = stats(noisy_bytes, tmp_path / "st")
+    result, _ = noisy_stats
     train = np.asarray(shards.tokens("train"))
     ((offset, length),) = shards.noise_spans().tolist()
     clean, noise = train[:offset], train[offset:]
@@ -33,13 +40,13 @@ def test_counts_and_priors_match_brute_force(noisy_bytes, tmp_path):
     assert np.array_equal(token_counts(shards, "noise"), np.bincount(noise, minlength=257))
 
 
-def test_figure_table_and_json_are_written(noisy_bytes, shakespeare_gpt2, tmp_path):
-    result = stats(noisy_bytes, tmp_path / "st")
+def test_figure_table_and_json_are_written(noisy_stats, shakespeare_gpt2, tmp_path):
+    result, out = noisy_stats
     image = imread(result["figure"])
     assert image.ndim == 3 and image.shape[1] > 2 * image.shape[0]  # three panels side by side
-    table = (tmp_path / "st" / "stats.md").read_text()
+    table = (out / "stats.md").read_text()
     assert "| train (clean) |" in table and "| noise |" in table and "α requested 0.2" in table
-    saved = json.loads((tmp_path / "st" / "stats.json").read_text())
+    saved = json.loads((out / "stats.json").read_text())
     assert saved["splits"]["noise"]["tokens"] == result["splits"]["noise"]["tokens"]
     clean = stats(shakespeare_gpt2, tmp_path / "gpt2")  # clean set: two panels, GPT-2 ids
     assert list(clean["splits"]) == ["train", "val"] and clean["noise"] is None
