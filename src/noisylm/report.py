@@ -495,12 +495,14 @@ def _fig8_section(folder: Path, root: Path, meta: dict[str, Any]) -> None:
 
 
 def token_priors(root: Path, meta: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
-    """Token counts of the clean training split and of the noise of one run per noise kind."""
+    """Token counts of the clean training split and of the noise of each kind (its largest-α run)."""
     from noisylm.shards import ShardSet
 
     panels: list[tuple[str, np.ndarray]] = []
     seen: set[str] = set()
-    for entry in meta["runs"]:
+    # Clean first, then each kind in grid order, taking the run with the most noise tokens.
+    order = {kind: i for i, kind in enumerate(dict.fromkeys(e["kind"] for e in meta["runs"]))}
+    for entry in sorted(meta["runs"], key=lambda e: (order[e["kind"]], -e["alpha"])):
         label = entry["kind"] or "clean"
         path = root / entry["data"]
         if label in seen or not (path / "manifest.json").is_file():
