@@ -23,6 +23,19 @@ metrics.jsonl, checkpoints/, tb/ and, last, summary.json.
 """
 
 
+class _TrainParser(argparse.ArgumentParser):
+    """`noisylm train`'s parser: an unknown --key is an error that lists the valid TrainConfig keys."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            from noisylm.training.config import TrainConfig
+
+            valid = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+            self.error(f"unknown config key or argument {' '.join(extras)}; valid keys: {valid}")
+        return namespace, extras
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from noisylm.training.config import TrainConfig  # light: no torch import at module level
 
@@ -34,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=TRAIN_EPILOG,
         formatter_class=HelpFormatter,
     )
+    p.__class__ = _TrainParser  # add_parser cannot take a parser class per subcommand
     p.add_argument("config", nargs="?", help="TOML/YAML/JSON file of TrainConfig fields")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")

@@ -209,9 +209,11 @@ def train(
         raise UsageError(f"train() needs a TrainConfig, got {type(config).__name__}")
     run_dir = Path(run_dir)
     ddp = init_distributed(config.device)
+    threads = torch.get_num_threads()
     try:
         return _train(config, run_dir, resume, overwrite, ddp)
     finally:
+        torch.set_num_threads(threads)  # `threads` applies to this run only
         if ddp.owns_group:
             dist.destroy_process_group()
 
