@@ -52,8 +52,8 @@ def parse_data_noun(path: Path, lexnames: dict[int, str]) -> list[tuple[str, str
             parts = fields.split()
             category = lexnames[int(parts[1])]
             lemma = parts[4].replace("_", " ")
-            # The gloss is `definition; "example"; "example"`: keep the definition only.
-            definition = re.split(r';\s*"', gloss.strip(), maxsplit=1)[0].strip().rstrip(";").strip()
+            # The gloss is `definition; "example"; "example"` (sometimes `definition: "example"`).
+            definition = re.split(r'[;:]\s*"', gloss.strip(), maxsplit=1)[0].strip().rstrip(";").strip()
             definition = " ".join(definition.split())
             if definition:
                 rows.append((category, lemma, definition))

