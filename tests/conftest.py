@@ -105,15 +105,15 @@ def minilm_backbone():
 
 @pytest.fixture(scope="session")
 def wordnet_minilm_cache(tmp_path_factory, minilm_backbone) -> Path:
-    """MiniLM features of a stratified WordNet subset (26 classes): train 270, val 30, test 100.
+    """MiniLM features of a stratified WordNet subset (26 classes): train 234, val 26, test 78.
 
-    A feature cache as `noisylm extract --backbone minilm --dataset wordnet --max-train 300
-    --max-test 100` writes it (384-d, L2-normalised). Read it with `noisylm.features.load_features`.
+    A feature cache as `noisylm extract --backbone minilm --dataset wordnet --max-train 260
+    --max-test 78` writes it (384-d, L2-normalised). Read it with `noisylm.features.load_features`.
     """
     from noisylm.features import extract
 
     out = tmp_path_factory.mktemp("fixture-features") / "wordnet-minilm"
-    return extract(minilm_backbone, "wordnet", out, max_train=300, max_test=100, progress=False)
+    return extract(minilm_backbone, "wordnet", out, max_train=260, max_test=78, progress=False)
 
 
 # <!-- /section:features -->
