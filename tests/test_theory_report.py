@@ -17,6 +17,15 @@ from noisylm.model import GPT, preset
 from noisylm.shards import ShardSet
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one torch thread is faster than several fighting over a shared machine's cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def interleaved(tmp_path_factory, shakespeare_bytes):
     from noisylm.inject import inject
@@ -69,30 +78,76 @@ def test_token_losses_match_cross_entropy_of_logits():
     np.testing.assert_allclose(got.ravel(), ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_lemma1_measure_bookkeeping(noisy_bytes, shakespeare_bytes, interleaved):
-    # An untrained model still obeys the bookkeeping: the mixed loss is the share-weighted sum of its
-    # four parts (linearity), and append has far fewer crossing contexts than interleave.
+def test_pure_coordinates_brute_force(interleaved, shakespeare_bytes):
+    train, spans = interleaved.tokens("train"), interleaved.noise_spans()
+    clean_mask = interleaved.clean_mask()
+    clean_text, noise = ShardSet.open(shakespeare_bytes).tokens("train"), interleaved.tokens("noise")
+    positions = np.random.default_rng(0).integers(0, len(train), size=2000)
+    positions = np.concatenate([positions, spans[:, 0], spans[:, 0] + spans[:, 1] - 1, [0, len(train) - 1]])
+    q = R.pure_coordinates(spans, positions)
+    brute_clean = np.cumsum(clean_mask) - 1
+    brute_noise = np.cumsum(~clean_mask) - 1
+    for p, qq in zip(positions, q, strict=True):
+        if clean_mask[p]:
+            assert qq == brute_clean[p] and clean_text[qq] == train[p]
+        else:
+            assert qq == brute_noise[p] and noise[qq] == train[p]
+
+
+def test_counterpart_losses_brute_force(interleaved, shakespeare_bytes):
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", vocab_size=257, block_size=24)).eval()
+    train, spans = interleaved.tokens("train"), interleaved.noise_spans()
+    streams = (ShardSet.open(shakespeare_bytes).tokens("train"), interleaved.tokens("noise"))
+    edges = np.concatenate([spans[:, 0], spans[:, 0] + spans[:, 1]])
+    edges = edges[edges < len(train) - 30]
+    starts = np.sort(
+        np.concatenate([edges[edges > 30] - 5, edges[edges > 30] - 20, [int(spans[0, 1]) + 100]])
+    )
+    labels = R.noise_labels(spans, starts, 25)
+    losses = R.token_losses(model, train, starts, 16, "cpu")
+    paired = R.counterpart_losses(model, losses, starts, labels, spans, streams, R.TheoryConfig())
+    crossing = R.crossing_targets(labels)
+    assert crossing.any() and np.isfinite(paired).all()
+    np.testing.assert_array_equal(paired[~crossing], losses[~crossing])
+    picked = np.random.default_rng(0).permutation(np.count_nonzero(crossing))[:25]  # single passes are slow
+    for w, j in np.transpose(np.nonzero(crossing))[picked]:
+        p = starts[w] + j + 1  # the target token in train.bin
+        kind = int(labels[w, j + 1])
+        q = int(R.pure_coordinates(spans, np.array([p]))[0])
+        stream = streams[kind]
+        # the same context length, pure: the tokens before q in its own stream (cyclically at its start)
+        window = np.asarray(stream[(q - j - 1 + np.arange(j + 2)) % len(stream)], dtype=np.int64)
+        x = torch.from_numpy(window[None, :-1])
+        y = torch.from_numpy(window[None, 1:])
+        expected = model.token_losses(x, y)[0, -1].item()
+        assert paired[w, j] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+def test_expected_crossing_fraction_brute_force():
+    spans = np.array([[0, 7], [40, 3], [60, 30], [150, 5]], dtype=np.int64)
+    n, block = 200, 16
+    starts = np.arange(n - block)
+    crossing = R.crossing_targets(R.noise_labels(spans, starts, block + 1))
+    assert R.expected_crossing_fraction(spans, n, block) == pytest.approx(crossing.mean(), rel=1e-12)
+    assert R.expected_crossing_fraction(np.zeros((0, 2), np.int64), n, block) == 0.0
+
+
+def test_lemma1_measure(noisy_bytes, shakespeare_bytes, interleaved):
     torch.manual_seed(0)
     model = GPT(preset("tiny", vocab_size=257, block_size=32)).eval()
     clean = ShardSet.open(shakespeare_bytes).tokens("train")
-    config = R.TheoryConfig(lemma1_windows=48, batch_size=16)
-    rows = {}
+    config = R.TheoryConfig(lemma1_windows=24, batch_size=16)
     for shards in (ShardSet.open(noisy_bytes), interleaved):
         r = R.lemma1_measure(model, shards, clean, config)
-        parts = [
-            ("pure_clean", r["pure_clean_fraction"]),
-            ("pure_noise", r["pure_noise_fraction"]),
-            ("crossing_clean", r["crossing_clean_fraction"]),
-            ("crossing_noise", r["crossing_noise_fraction"]),
-        ]
-        assert sum(f for _, f in parts) == pytest.approx(1.0)
-        total = sum(f * r[f"{name}_loss"] for name, f in parts if f > 0)
-        assert total == pytest.approx(r["measured_mixed_loss"], rel=1e-9)
         assert r["lemma1_prediction"] == pytest.approx(
-            T.lemma1_mixed_loss(r["alpha_windows"], r["noise_loss_pure"], r["clean_loss_pure"])
+            T.lemma1_mixed_loss(r["alpha_windows"], r["noise_loss_paired"], r["clean_loss_paired"]), rel=1e-9
         )
-        rows[r["placement"]] = r
-    assert rows["append"]["placement"] == "append" and rows["interleave"]["placement"] == "interleave"
+        if r["crossing_fraction_sampled"] == 0:  # no crossing context drawn: Lemma 1 holds exactly
+            assert r["gap"] == pytest.approx(0.0, abs=1e-12)
+        assert r["crossing_excess_loss"] is not None  # boundary windows always cross
+        assert 0 < r["crossing_fraction_expected"] < 0.01
+        assert r["expected_gap"] == pytest.approx(r["crossing_fraction_expected"] * r["crossing_excess_loss"])
 
 
 def test_crossing_targets_brute_force(interleaved):
@@ -245,7 +300,7 @@ def test_lemma1_rows_for_both_placements(theory_out):
     assert {r["placement"] for r in rows} == {"append", "interleave"}
     for r in rows:
         assert r["lemma1_prediction"] == pytest.approx(
-            r["alpha_windows"] * r["noise_loss_pure"] + (1 - r["alpha_windows"]) * r["clean_loss_pure"]
+            r["alpha_windows"] * r["noise_loss_paired"] + (1 - r["alpha_windows"]) * r["clean_loss_paired"]
         )
         assert r["gap"] == pytest.approx(r["measured_mixed_loss"] - r["lemma1_prediction"])
 

@@ -164,18 +164,22 @@ def window_starts(n_tokens: int, block_size: int, n_windows: int, seed: int) -> 
 
 
 def token_losses(
-    model: Any, tokens: np.ndarray, starts: np.ndarray, batch_size: int, device: str
+    model: Any, tokens: np.ndarray, starts: np.ndarray, batch_size: int, device: str, wrap: bool = False
 ) -> np.ndarray:
-    """Per-target next-token losses (float64, shape (windows, block_size)) on ``tokens[s : s + T + 1]``."""
+    """Per-target next-token losses (float64, shape (windows, block_size)) on ``tokens[s : s + T + 1]``;
+    with ``wrap`` the window continues cyclically past either end of ``tokens``."""
     import torch
 
     block = model.config.block_size
     out = np.empty((len(starts), block), dtype=np.float64)
+    offsets = np.arange(block + 1)
     with torch.no_grad():
         for i in range(0, len(starts), batch_size):
-            rows = np.stack(
-                [np.asarray(tokens[s : s + block + 1], dtype=np.int64) for s in starts[i : i + batch_size]]
-            )
+            chunk = starts[i : i + batch_size]
+            if wrap:
+                rows = np.asarray(tokens[(chunk[:, None] + offsets[None, :]) % len(tokens)], dtype=np.int64)
+            else:
+                rows = np.stack([np.asarray(tokens[s : s + block + 1], dtype=np.int64) for s in chunk])
             batch = torch.from_numpy(rows).to(device)
             losses = model.token_losses(batch[:, :-1], batch[:, 1:])
             out[i : i + len(rows)] = losses.double().cpu().numpy()
@@ -385,73 +389,178 @@ def crossing_targets(labels: np.ndarray) -> np.ndarray:
     return seen_noise & seen_clean
 
 
+def pure_coordinates(spans: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Where mixed ``train.bin`` positions sit in their pure stream: the index in ``noise.bin`` for a noise
+    token, in the clean text (train.bin without the spans) for a clean token."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(spans) == 0:
+        return positions.copy()
+    offsets, lengths = spans[:, 0], spans[:, 1]
+    before = np.concatenate([[0], np.cumsum(lengths)])  # noise tokens before span i
+    i = np.searchsorted(offsets, positions, side="right") - 1  # the last span starting at or before p
+    safe = np.clip(i, 0, None)
+    noise_before = np.where(i >= 0, before[safe] + np.minimum(positions - offsets[safe], lengths[safe]), 0)
+    inside = (i >= 0) & (positions - offsets[safe] < lengths[safe])
+    return np.where(inside, noise_before, positions - noise_before)
+
+
+def counterpart_losses(
+    model: Any,
+    losses: np.ndarray,
+    starts: np.ndarray,
+    labels: np.ndarray,
+    spans: np.ndarray,
+    streams: tuple[np.ndarray, np.ndarray],
+    config: TheoryConfig,
+) -> np.ndarray:
+    """ℓ': each target's loss with a *pure* context of the same length, from its own stream.
+
+    Targets whose context does not cross a boundary keep their loss (the context is already pure). For a
+    run of same-kind tokens that starts at window index r > 0, the counterpart window is the r tokens that
+    precede the run in its pure stream (the clean text, or ``noise.bin``) followed by the run, so every
+    target keeps its position and context length; only the kind of the context changes. A run at the very
+    start of its stream (e.g. appended noise: ``noise.bin`` begins at the boundary) takes its context from
+    the stream's end (the window wraps around): still pure text, or pure noise. NaN only for a stream
+    shorter than one window.
+    """
+    block = losses.shape[1]
+    out = losses.copy()
+    new_run = labels[:, 1:] != labels[:, :-1]  # token r (1..T) starts a run of the other kind
+    wins, rs = np.nonzero(new_run)
+    rs = rs + 1
+    if len(wins) == 0:
+        return out
+    q = pure_coordinates(spans, starts[wins] + rs)
+    cp_starts = q - rs
+    kinds = labels[wins, rs]
+    jobs: list[tuple[int, int, int, bool, int]] = []  # (window, first target, end target, kind, row)
+    batches: dict[bool, list[int]] = {False: [], True: []}
+    for w, r, st, kind in zip(wins, rs, cp_starts, kinds, strict=True):
+        following = np.nonzero(new_run[w, r:])[0]  # the next run start after r, if any
+        stop = r + 1 + int(following[0]) if len(following) else block + 1  # token index where the run ends
+        if len(streams[int(kind)]) < block + 1:
+            out[w, r - 1 : stop - 1] = np.nan
+            continue
+        jobs.append((int(w), r - 1, stop - 1, bool(kind), len(batches[bool(kind)])))
+        batches[bool(kind)].append(int(st))
+    rows = {
+        kind: token_losses(
+            model, streams[int(kind)], np.array(st), config.batch_size, config.device, wrap=True
+        )
+        for kind, st in batches.items()
+        if st
+    }
+    for w, lo, hi, kind, row in jobs:
+        out[w, lo:hi] = rows[kind][row, lo:hi]
+    return out
+
+
+def expected_crossing_fraction(spans: np.ndarray, n_tokens: int, block: int) -> float:
+    """The exact share of targets whose context crosses a clean/noise boundary, over windows drawn
+    uniformly (starts 0 .. n_tokens − block − 1): target j of the window at s crosses iff a run of the
+    stream ends in (s, s + j + 1]."""
+    if len(spans) == 0:
+        return 0.0
+    n_starts = n_tokens - block
+    edges = np.unique(np.concatenate([[0], spans[:, 0], spans[:, 0] + spans[:, 1], [n_tokens]]))
+    run_start, boundary = edges[:-2], edges[1:-1]  # every run but the last ends at a boundary
+    d = np.arange(1, block + 1)[None, :]
+    lo = np.maximum(run_start[:, None], boundary[:, None] - d)
+    hi = np.minimum(boundary[:, None], n_starts)
+    return float(np.clip(hi - lo, 0, None).sum() / (block * n_starts))
+
+
+def _boundary_starts(spans: np.ndarray, n_tokens: int, block: int, n: int, seed: int) -> np.ndarray:
+    """Starts of ``n`` windows that each straddle a clean/noise boundary (boundary at index 1..T)."""
+    edges = np.concatenate([spans[:, 0], spans[:, 0] + spans[:, 1]]) if len(spans) else np.zeros(0, np.int64)
+    edges = edges[(edges > 0) & (edges < n_tokens)]
+    if len(edges) == 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    starts = rng.choice(edges, size=n) - rng.integers(1, block + 1, size=n)
+    return np.sort(np.clip(starts, 0, n_tokens - block - 1))
+
+
 def lemma1_measure(model: Any, mixed: Any, clean_tokens: np.ndarray, config: TheoryConfig) -> dict[str, Any]:
     """Lemma 1 for one model and one mixed shard set (``mixed``: a `ShardSet` with noise spans).
 
-    Measured: the mean loss on windows of the mixed ``train.bin`` (every target counts) and the fraction
-    α_w of noise targets among them. Predicted: α_w·L(P^n,h) + (1−α_w)·L(P^c,h) with L(P^n,h) on windows
-    of ``noise.bin`` and L(P^c,h) on windows of the clean training text. The mixed targets are split by
-    whether their context (the window up to the target) mixes clean and noise tokens.
+    measured_mixed_loss: the mean loss over all targets of windows drawn uniformly from the mixed
+    ``train.bin``; α_w: the share of noise targets in them. lemma1_prediction: α_w·L(P^n,h) +
+    (1−α_w)·L(P^c,h), with both losses measured *on the same tokens at the same positions* but with a pure
+    context (`counterpart_losses`), so the gap is exactly the effect of boundary-crossing contexts.
+    Also: the same prediction from independent pure windows (what one would naively measure), the exact
+    expected share of crossing targets, their mean excess loss measured on windows that straddle a
+    boundary, and the expected gap = share × excess.
     """
     block, bs, dev = model.config.block_size, config.batch_size, config.device
-    train = mixed.tokens("train")
-    starts = window_starts(len(train), block, config.lemma1_windows, config.seed + 1)
-    labels = noise_labels(mixed.noise_spans(), starts, block + 1)
-    losses = token_losses(model, train, starts, bs, dev)
-    target_noise = labels[:, 1:]
-    crossing = crossing_targets(labels)
+    train, spans = mixed.tokens("train"), mixed.noise_spans()
     noise_tokens = mixed.tokens("noise")
-    n_pure = token_losses(
+    streams = (clean_tokens, noise_tokens)
+
+    def measure(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        labels = noise_labels(spans, starts, block + 1)
+        losses = token_losses(model, train, starts, bs, dev)
+        return (
+            losses,
+            counterpart_losses(model, losses, starts, labels, spans, streams, config),
+            labels[:, 1:],
+            (crossing_targets(labels)),
+        )
+
+    losses, paired, target_noise, crossing = measure(
+        window_starts(len(train), block, config.lemma1_windows, config.seed + 1)
+    )
+    ok = np.isfinite(paired)
+    alpha_w = float(target_noise[ok].mean())
+    loss_n = float(paired[ok & target_noise].mean()) if (ok & target_noise).any() else math.nan
+    loss_c = float(paired[ok & ~target_noise].mean()) if (ok & ~target_noise).any() else math.nan
+    measured = float(losses[ok].mean())
+    predicted = float(paired[ok].mean())  # = α_w·loss_n + (1 − α_w)·loss_c
+    n_ind = token_losses(
         model,
         noise_tokens,
         window_starts(len(noise_tokens), block, config.lemma1_windows, config.seed + 2),
         bs,
         dev,
     )
-    c_pure = token_losses(
+    c_ind = token_losses(
         model,
         clean_tokens,
         window_starts(len(clean_tokens), block, config.lemma1_windows, config.seed + 3),
         bs,
         dev,
     )
-    alpha_w = float(target_noise.mean())
-    measured = float(losses.mean())
-    loss_n, loss_c = float(n_pure.mean()), float(c_pure.mean())
-    predicted = alpha_w * loss_n + (1 - alpha_w) * loss_c
+    predicted_ind = alpha_w * float(n_ind.mean()) + (1 - alpha_w) * float(c_ind.mean())
 
-    def part(mask: np.ndarray) -> tuple[float, float | None]:
-        return float(mask.mean()), (float(losses[mask].mean()) if mask.any() else None)
-
-    frac_cross_c, loss_cross_c = part(crossing & ~target_noise)
-    frac_cross_n, loss_cross_n = part(crossing & target_noise)
-    frac_pure_c, loss_pure_c = part(~crossing & ~target_noise)
-    frac_pure_n, loss_pure_n = part(~crossing & target_noise)
-    # Lemma 1 with the same pure-window losses, but only over targets whose context does not cross:
-    # what remains of the gap when Assumption 1 holds for every (context, token) pair used.
-    pure = ~crossing
-    pure_measured = float(losses[pure].mean()) if pure.any() else math.nan
-    pure_alpha = float(target_noise[pure].mean()) if pure.any() else math.nan
-    pure_pred = pure_alpha * loss_n + (1 - pure_alpha) * loss_c if pure.any() else math.nan
+    # crossing targets are rare in uniform windows: measure their excess loss where they are
+    b_starts = _boundary_starts(spans, len(train), block, config.lemma1_windows, config.seed + 4)
+    excess: dict[str, float | None] = {"all": None, "clean": None, "noise": None}
+    if len(b_starts):
+        b_losses, b_paired, b_noise, b_cross = measure(b_starts)
+        valid = b_cross & np.isfinite(b_paired)
+        for name, mask in (("all", valid), ("clean", valid & ~b_noise), ("noise", valid & b_noise)):
+            if mask.any():
+                excess[name] = float((b_losses[mask] - b_paired[mask]).mean())
+    expected_cross = expected_crossing_fraction(spans, len(train), block)
     return {
         "placement": mixed.noise["placement"],
+        "noise_spans": int(len(spans)),
         "alpha_manifest": float(mixed.noise["alpha_achieved"]),
         "alpha_windows": alpha_w,
         "measured_mixed_loss": measured,
-        "noise_loss_pure": loss_n,
-        "clean_loss_pure": loss_c,
+        "noise_loss_paired": loss_n,
+        "clean_loss_paired": loss_c,
         "lemma1_prediction": predicted,
         "gap": measured - predicted,
-        "crossing_fraction": float(crossing.mean()),
-        "crossing_clean_fraction": frac_cross_c,
-        "crossing_clean_loss": loss_cross_c,
-        "crossing_noise_fraction": frac_cross_n,
-        "crossing_noise_loss": loss_cross_n,
-        "pure_clean_fraction": frac_pure_c,
-        "pure_clean_loss": loss_pure_c,
-        "pure_noise_fraction": frac_pure_n,
-        "pure_noise_loss": loss_pure_n,
-        "gap_without_crossing": pure_measured - pure_pred,
+        "lemma1_prediction_independent": predicted_ind,
+        "gap_independent": measured - predicted_ind,
+        "crossing_fraction_sampled": float(crossing[ok].mean()),
+        "crossing_fraction_expected": expected_cross,
+        "crossing_excess_loss": excess["all"],
+        "crossing_excess_clean": excess["clean"],
+        "crossing_excess_noise": excess["noise"],
+        "expected_gap": None if excess["all"] is None else expected_cross * excess["all"],
+        "unpaired_targets": int((~ok).sum()),
     }
 
 
@@ -810,27 +919,38 @@ _CAPTION_PRED = (
     "tokens displaced clean tokens from its budget."
 )
 _CAPTION_LEMMA1 = (
-    "Lemma 1 on real data: the final noisy model's mean loss on windows of the mixed training shards "
-    "(measured_mixed_loss) against α_w·L(P^n,h) + (1−α_w)·L(P^c,h) from pure noise and pure clean windows "
-    "(lemma1_prediction); α_w is the share of noise targets in the drawn windows. crossing_*: targets whose "
-    "context mixes clean and noise tokens, with their share and mean loss; gap_without_crossing: the gap "
-    "left when only non-crossing targets are counted."
+    "Lemma 1 on real data, the final noisy model on windows drawn uniformly from the mixed training shards: "
+    "measured_mixed_loss (every target) against lemma1_prediction = α_w·L(P^n,h) + (1−α_w)·L(P^c,h), where "
+    "α_w is the share of noise targets and both losses are measured on the same tokens at the same "
+    "positions with a pure context of the same length (noise_loss_paired, clean_loss_paired), so the gap is "
+    "exactly the boundary-crossing targets' doing. *_independent: the same prediction from separate pure "
+    "windows. crossing_fraction_expected: the exact share of crossing targets under uniform windows; "
+    "crossing_excess_*: their mean extra loss, measured on windows that straddle a boundary; expected_gap = "
+    "share × excess."
 )
 
 
 def _lemma1_text(rows: list[dict[str, Any]]) -> str:
     parts = []
     for r in rows:
+        excess = r["crossing_excess_loss"]
+        expected = (
+            f"expected share {r['crossing_fraction_expected']:.3%} × excess {excess:+.3f} nats = "
+            f"expected gap {r['expected_gap']:+.5f}"
+            if excess is not None
+            else "no boundary to measure"
+        )
         parts.append(
-            f"{r.get('run', '?')} ({r['placement']}): gap {r['gap']:+.4f} nats with "
-            f"{r['crossing_fraction']:.1%} crossing targets; {r['gap_without_crossing']:+.4f} without them"
+            f"{r.get('run', '?')} ({r['placement']}, {r['noise_spans']} noise spans): gap {r['gap']:+.5f} "
+            f"with {r['crossing_fraction_sampled']:.2%} crossing targets drawn; {expected}; against "
+            f"independent pure windows the gap would read {r['gap_independent']:+.4f} (window-sampling noise)"
         )
     return (
-        "Why the gap: Lemma 1 is exact for P^m = α P^n + (1−α) P^c (it is linearity of the expectation). A "
-        "concatenated training stream is not that mixture at the level of (context, next token) pairs: "
-        "targets whose context crosses a clean/noise boundary belong to neither supp(P^c) nor supp(P^n) "
-        "(Assumption 1 fails for them), and the model predicts them differently (noise right after text, "
-        "text right after noise). Appending the noise makes one boundary, interleaving makes many. "
-        + "; ".join(parts)
-        + "."
+        "Why the gap: Lemma 1 is exact for P^m = α P^n + (1−α) P^c (it is linearity of the expectation), and "
+        "on targets whose context is pure the measured and predicted losses coincide token by token. A "
+        "concatenated stream is not that mixture at the level of (context, next token) pairs: targets whose "
+        "context crosses a clean/noise boundary are in neither supp(P^c) nor supp(P^n) (Assumption 1 fails "
+        "for them), and the model predicts them differently (text right after noise, noise right after "
+        "text). Their share grows with the number of boundaries (one when appending, one or two per noise "
+        "document when interleaving) and with the context length. " + "; ".join(parts) + "."
     )
