@@ -208,31 +208,27 @@ def test_nan_weights_are_detected_at_extract(tiny_gpt2, tmp_path):
 # ----------------------------------------------------------------------------- noisylm checkpoints
 
 
-def test_noisylm_checkpoint_last_token_and_mean(tmp_path):
-    from safetensors.torch import save_file
+def test_noisylm_checkpoint_last_token_and_mean(tiny_run, tmp_path):
+    """A real (tiny) noisylm training run as the backbone, against the trainer's own model loader."""
+    from noisylm.training.checkpoint import load_model
 
-    from noisylm.model import GPT, preset
-
-    torch.manual_seed(0)
-    config = preset("tiny", vocab_size=257)
-    model = GPT(config).eval()
-    run = tmp_path / "run"
-    ckpt = run / "checkpoints" / "ckpt-0000100"
-    ckpt.mkdir(parents=True)
-    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
-    save_file(state, str(ckpt / "model.safetensors"))
-    (run / "config.json").write_text(json.dumps({"train": {"tokenizer": "bytes"}, "model": config.to_dict()}))
-    tokenizer = get_tokenizer("bytes")
+    model, state, _ = load_model(tiny_run)
+    tokenizer = get_tokenizer(state["data"]["tokenizer"])
     texts = ["a gloss", "a much longer gloss about a dog", "x"]
     for pooling in ("last", "mean"):
-        backbone = load_backbone(f"noisylm:{run}", device="cpu", pooling=pooling)
+        backbone = load_backbone(f"noisylm:{tiny_run}", device="cpu", pooling=pooling)
         with torch.inference_mode():
             got = backbone.encode(texts)
             for i, text in enumerate(texts):
-                hidden = model.hidden_states(torch.tensor([tokenizer.encode(text)]))[0]
+                hidden = model.eval().hidden_states(torch.tensor([tokenizer.encode(text)]))[0]
                 expected = hidden[-1] if pooling == "last" else hidden.mean(dim=0)
                 assert torch.allclose(got[i], expected, atol=1e-5)
-    with pytest.raises(NoisyLMError, match="no checkpoints"):
+    out = extract(
+        f"noisylm:{tiny_run}", _sentiment_csv(tmp_path / "cr.csv"), tmp_path / "cache", progress=False
+    )
+    _, _, meta = load_features(out, "train")
+    assert meta["template"] == TEMPLATES["cr"] and meta["feature_dim"] == model.config.n_embd
+    with pytest.raises(NoisyLMError, match="holds no checkpoint"):
         load_backbone(f"noisylm:{tmp_path}", device="cpu")
 
 

@@ -278,36 +278,21 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
 
 
 class NoisyLMCheckpoint(Backbone):
-    """A noisylm GPT checkpoint (run directory or checkpoint folder); final hidden state after ln_f."""
+    """A noisylm GPT checkpoint (run directory: its newest checkpoint, or a ckpt-* folder);
+    final hidden state after ln_f, with the tokenizer the run was trained with."""
 
     def __init__(self, path: Path, spec: str, device: torch.device, pooling: str, max_length: int):
-        from safetensors.torch import load_file
-
-        from noisylm.model import GPT, GPTConfig
         from noisylm.tokenizers import get_tokenizer
+        from noisylm.training.checkpoint import load_model
 
-        ckpt_dir, config = _find_checkpoint(path)
-        model_config = _find_dict(config, ("n_layer", "n_head", "n_embd"))
-        if model_config is None:
-            raise NoisyLMError(f"the run config of {ckpt_dir} has no model shape (n_layer, n_head, n_embd)")
-        fields = set(GPTConfig.__dataclass_fields__)
-        self.model = GPT(GPTConfig(**{k: v for k, v in model_config.items() if k in fields}))
-        weights = ckpt_dir / "model.safetensors"
-        state = load_file(str(weights))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        tied = {"lm_head.weight", "transformer.wte.weight"}  # one tensor; a file may hold either name
-        if not tied <= set(missing):
-            missing = [k for k in missing if k not in tied]
-        if missing or unexpected:
-            raise NoisyLMError(
-                f"{weights} does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-                "pass the run directory it was trained in"
-            )
-        self.model.to(device).eval()
-        self.tokenizer = get_tokenizer(_checkpoint_tokenizer(config, self.model.config.vocab_size))
+        self.model, state, ckpt = load_model(path, device=device)
+        self.model.eval()
+        vocab_size = self.model.config.vocab_size
+        tokenizer = (state.get("data") or {}).get("tokenizer") or ("bytes" if vocab_size <= 257 else "gpt2")
+        self.tokenizer = get_tokenizer(tokenizer)
         self.block_size = min(max_length, self.model.config.block_size)
         self.spec, self.kind, self.device, self.pooling = spec, "text", device, pooling
-        self.hash = _hash_files([weights])
+        self.hash = _hash_files([ckpt / "model.safetensors"])
 
     def encode(self, batch: list[str]) -> torch.Tensor:
         # Keep the end of each prompt (the template's cue); an empty prompt becomes one token 0.
@@ -320,47 +305,6 @@ class NoisyLMCheckpoint(Backbone):
             mask[i, : len(x)] = 1
         hidden = self.model.hidden_states(tokens.to(self.device))
         return _pool(hidden.float(), mask.to(self.device), self.pooling)
-
-
-def _find_dict(obj: Any, keys: tuple[str, ...]) -> dict | None:
-    """The first (breadth-first) dict inside `obj` that has all `keys`."""
-    queue = [obj]
-    while queue:
-        item = queue.pop(0)
-        if isinstance(item, dict):
-            if all(k in item for k in keys):
-                return item
-            queue.extend(item.values())
-    return None
-
-
-def _checkpoint_tokenizer(config: dict, vocab_size: int) -> str:
-    """The tokenizer a run trained with: recorded in its config or its shard manifest, else by vocab size."""
-    found = _find_dict(config, ("tokenizer",))
-    if found and isinstance(found["tokenizer"], str):
-        return found["tokenizer"]
-    data = _find_dict(config, ("data",))
-    if data and isinstance(data["data"], str) and (Path(data["data"]) / "manifest.json").exists():
-        return read_json(Path(data["data"]) / "manifest.json", "shard manifest")["tokenizer"]
-    return "bytes" if vocab_size <= 257 else "gpt2"
-
-
-def _find_checkpoint(path: Path) -> tuple[Path, dict]:
-    """A run dir (config.json + checkpoints/ckpt-*/) or a checkpoint folder -> (folder, run config)."""
-    if (path / "model.safetensors").exists():
-        ckpt_dir = path
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
-    else:
-        ckpts = sorted((path / "checkpoints").glob("ckpt-*/model.safetensors"))
-        if not ckpts:
-            raise NoisyLMError(
-                f"{path} has no checkpoints/ckpt-*/model.safetensors; pass a noisylm run or checkpoint folder"
-            )
-        ckpt_dir, run_dir = ckpts[-1].parent, path
-    for candidate in (ckpt_dir / "config.json", run_dir / "config.json"):
-        if candidate.exists():
-            return ckpt_dir, read_json(candidate, "run config")
-    raise NoisyLMError(f"no config.json next to checkpoint {ckpt_dir}; pass the run directory")
 
 
 class ImageBackbone(Backbone):
