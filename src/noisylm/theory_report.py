@@ -684,7 +684,9 @@ def fig7b(folder: Path, rows: list[dict[str, Any]]) -> str | None:
         ax.plot(eps, T.mixed_loss(eps, a, k, p_c, p_n), color="C0", label="L(P^m,h)")
         ax.axhline(T.mixed_loss(0.0, a, k, p_c, p_n), color="grey", linewidth=0.8, label="L(P^m,h*)")
         if r["eta"] > 0:
-            ax.axvline(r["eta"], color="C2", linestyle="--", label="η")
+            ax.axvline(r["eta"], color="C2", linestyle="--", label="η (the optimum)")
+        if r["statement"] in ("3a", "3b") and r["epsilon_bound"] < p_c:
+            ax.axvline(r["epsilon_bound"], color="C4", linestyle="-.", label=f"bound ({r['statement']})")
         if r["measured_epsilon"] > 0:
             ax.axvline(r["measured_epsilon"], color="C3", linestyle=":", label="measured ε")
         ax.set_xscale("log")
@@ -701,12 +703,16 @@ def fig_predicted(folder: Path, rows: list[dict[str, Any]]) -> str | None:
     usable = [r for r in rows if "statement" in r]
     if not usable:
         return None
-    fig, (ax,) = _figure(1, max(4.0, 1.2 * len(usable) + 2), 3.6)
+    fig, (ax,) = _figure(1, max(5.0, 1.0 * len(usable) + 3), 3.8)
     x = np.arange(len(usable))
-    bound = np.array([min(r["predicted_increase_bound"], 1e3) for r in usable])
-    ax.bar(x - 0.2, bound, width=0.4, color="C0", alpha=0.6, label="Prop. 1 bound")
+    bound = np.array([r["predicted_increase_bound"] for r in usable])
+    measured = np.array([r["measured_increase"] for r in usable])
+    se = np.array([r["measured_increase_se"] for r in usable])
+    top = float(np.nanmax(np.concatenate([measured + 2 * np.nan_to_num(se), [0.0]])))
+    shown = np.minimum(bound, 2 * top if top > 0 else 1.0)  # an infinite / huge bound is clipped
+    ax.bar(x - 0.2, shown, width=0.36, color="C0", alpha=0.6, label="Prop. 1 bound")
     ax.bar(
-        x + 0.2, [r["measured_increase"] for r in usable], width=0.4, color="C3", alpha=0.8, label="measured"
+        x + 0.2, measured, width=0.36, yerr=2 * se, capsize=3, color="C3", alpha=0.8, label="measured ± 2 SE"
     )
     ax.scatter(
         x - 0.2,
@@ -714,13 +720,17 @@ def fig_predicted(folder: Path, rows: list[dict[str, Any]]) -> str | None:
         color="k",
         marker="_",
         s=200,
-        label="at the optimum ε = η",
+        label="Prop. 1 at the optimum ε = η",
         zorder=3,
     )
+    for xi, r, b, s_ in zip(x, usable, bound, shown, strict=True):
+        label = f"({r['statement']})" + ("" if b == s_ else f"\n{b:.3g}")
+        ax.annotate(label, (xi - 0.2, s_), ha="center", va="bottom", fontsize=7)
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xticks(x, [r["run"] for r in usable], rotation=20, fontsize=8)
+    ax.set_xlim(-0.7, len(usable) - 0.3)
     ax.set_ylabel("L(P^c,h) − L(P^c,h*) (nats)")
-    ax.set_title("clean-loss increase: predicted by Prop. 1 vs measured")
+    ax.set_title("Clean-loss increase: Prop. 1 vs measured", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
     _save(fig, folder / "predicted_vs_measured.png")
