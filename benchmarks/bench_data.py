@@ -4,8 +4,9 @@
     the same text (MB of text per second; target >= 1.6x).
 (b) `inject` at alpha = 0.2 into a 200M-token shard vs `shutil.copyfile` of that shard (MB of input
     shard per second; target >= 0.5x). The shard is generated in a temporary directory and deleted.
-(c) peak RSS of `prepare` (GPT-2, 2 processes) on a 1 GB text file (target <= 1 GB), sampled from
-    /proc over the whole process tree.
+(c) peak RSS of `prepare` (2 processes) on a 1 GB text file, one document (target <= 1 GB), sampled
+    from /proc over the whole process tree; with the bytes tokenizer on 1 GB and GPT-2 on --rss-gpt2-gb
+    (GPT-2 on a full GB takes ~1 min per core-GB/19 MB/s; pass --rss-gpt2-gb 1 to run it).
 
 usage: python benchmarks/bench_data.py [--only a,b,c] [--prepare-mb 32] [--inject-tokens 200000000]
        [--rss-gb 1.0]
@@ -14,7 +15,6 @@ usage: python benchmarks/bench_data.py [--only a,b,c] [--prepare-mb 32] [--injec
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -87,13 +87,30 @@ def make_shard(path: Path, tokens: int) -> None:
     train_docs = int(tokens // len(play)) + (1 if tokens % len(play) >= len(play) else 0)
     del reps
     manifest = {
-        "format": SHARD_FORMAT, "tokenizer": "gpt2", "vocab_size": 50257, "eot_id": 50256, "dtype": "uint16",
+        "format": SHARD_FORMAT,
+        "tokenizer": "gpt2",
+        "vocab_size": 50257,
+        "eot_id": 50256,
+        "dtype": "uint16",
         "splits": {
-            "train": {"file": "train.bin", "tokens": tokens, "documents": train_docs,
-                      "sha256": sha256_file(path / "train.bin")},
-            "val": {"file": "val.bin", "tokens": 1000, "documents": 0, "sha256": sha256_file(path / "val.bin")},
+            "train": {
+                "file": "train.bin",
+                "tokens": tokens,
+                "documents": train_docs,
+                "sha256": sha256_file(path / "train.bin"),
+            },
+            "val": {
+                "file": "val.bin",
+                "tokens": 1000,
+                "documents": 0,
+                "sha256": sha256_file(path / "val.bin"),
+            },
         },
-        "sources": [], "val_fraction": 0.0, "seed": 0, "noise": None, "provenance": {},
+        "sources": [],
+        "val_fraction": 0.0,
+        "seed": 0,
+        "noise": None,
+        "provenance": {},
     }
     atomic_write_json(path / MANIFEST, manifest)
 
@@ -111,8 +128,14 @@ def bench_inject(tmp: Path, tokens: int) -> dict:
     t0 = time.perf_counter()
     out = inject(shard, tmp / "noisy", alpha=0.2, kind="uniform", seed=0, progress=False)
     t_inject = time.perf_counter() - t0
-    result = {"shard_tokens": tokens, "shard_MB": size / 1e6, "copyfile_s": t_copy, "inject_s": t_inject,
-              "noise_tokens": out.noise["noise_tokens"], "alpha_achieved": out.noise["alpha_achieved"]}
+    result = {
+        "shard_tokens": tokens,
+        "shard_MB": size / 1e6,
+        "copyfile_s": t_copy,
+        "inject_s": t_inject,
+        "noise_tokens": out.noise["noise_tokens"],
+        "alpha_achieved": out.noise["alpha_achieved"],
+    }
     shutil.rmtree(tmp / "noisy")
     shutil.rmtree(shard)
     return result
@@ -121,7 +144,7 @@ def bench_inject(tmp: Path, tokens: int) -> dict:
 RSS_SCRIPT = """
 import sys
 from noisylm.prepare import prepare
-prepare([sys.argv[1]], sys.argv[2], tokenizer="gpt2", num_proc=2, val_fraction=0.0, progress=False)
+prepare([sys.argv[1]], sys.argv[2], tokenizer=sys.argv[3], num_proc=2, val_fraction=0.0, progress=False)
 """
 
 
@@ -140,7 +163,7 @@ def _tree_rss_kb(pid: int) -> int:
     return total
 
 
-def bench_rss(tmp: Path, gigabytes: float) -> dict:
+def bench_rss(tmp: Path, gigabytes: float, tokenizer: str) -> dict:
     docs = "\n".join(bundled_text())
     big = tmp / "one-gigabyte.txt"
     with open(big, "w", encoding="utf-8") as fh:  # ONE document: the hardest case for streaming
@@ -150,7 +173,7 @@ def bench_rss(tmp: Path, gigabytes: float) -> dict:
             written += len(docs)
     size = big.stat().st_size
     peak = 0
-    proc = subprocess.Popen([sys.executable, "-c", RSS_SCRIPT, str(big), str(tmp / "rss-shards")])
+    proc = subprocess.Popen([sys.executable, "-c", RSS_SCRIPT, str(big), str(tmp / "rss-shards"), tokenizer])
     t0 = time.perf_counter()
     stop = threading.Event()
 
@@ -166,11 +189,20 @@ def bench_rss(tmp: Path, gigabytes: float) -> dict:
     stop.set()
     sampler.join()
     seconds = time.perf_counter() - t0
-    tokens = json.loads((tmp / "rss-shards" / MANIFEST).read_text())["splits"]["train"]["tokens"] if code == 0 else 0
+    tokens = (
+        json.loads((tmp / "rss-shards" / MANIFEST).read_text())["splits"]["train"]["tokens"]
+        if code == 0
+        else 0
+    )
     shutil.rmtree(tmp / "rss-shards", ignore_errors=True)
     os.remove(big)
-    return {"input_MB": size / 1e6, "peak_tree_rss_MB": peak / 1024, "exit_code": code, "seconds": seconds,
-            "tokens": tokens}
+    return {
+        "input_MB": size / 1e6,
+        "peak_tree_rss_MB": peak / 1024,
+        "exit_code": code,
+        "seconds": seconds,
+        "tokens": tokens,
+    }
 
 
 def main() -> None:
@@ -179,6 +211,7 @@ def main() -> None:
     ap.add_argument("--prepare-mb", type=float, default=32.0)
     ap.add_argument("--inject-tokens", type=int, default=200_000_000)
     ap.add_argument("--rss-gb", type=float, default=1.0)
+    ap.add_argument("--rss-gpt2-gb", type=float, default=0.25, help="(c) also with gpt2 on this much")
     args = ap.parse_args()
     which = set(args.only.split(","))
     rows = []
@@ -189,25 +222,45 @@ def main() -> None:
             ref = r["text_MB"] / r["reference_s"]
             for procs in (1, 2):
                 ours = r["text_MB"] / r[f"prepare_{procs}proc_s"]
-                rows.append((f"(a) prepare gpt2, {procs} proc, {r['text_MB']:.0f} MB", f"{ours:.1f} MB/s",
-                             f"tiktoken encode_ordinary {ref:.1f} MB/s", f"{ours / ref:.2f}x",
-                             ">= 1.6x" if procs == 2 else ""))
+                rows.append(
+                    (
+                        f"(a) prepare gpt2, {procs} proc, {r['text_MB']:.0f} MB",
+                        f"{ours:.1f} MB/s",
+                        f"tiktoken encode_ordinary {ref:.1f} MB/s",
+                        f"{ours / ref:.2f}x",
+                        ">= 1.6x" if procs == 2 else "",
+                    )
+                )
             print(json.dumps(r), file=sys.stderr)
         if "b" in which:
             r = bench_inject(tmp / "b", args.inject_tokens)
             ours, ref = r["shard_MB"] / r["inject_s"], r["shard_MB"] / r["copyfile_s"]
-            rows.append((f"(b) inject uniform a=0.2 into {r['shard_tokens'] / 1e6:.0f}M tokens",
-                         f"{ours:.0f} MB/s ({r['inject_s']:.2f} s)",
-                         f"shutil.copyfile {ref:.0f} MB/s ({r['copyfile_s']:.2f} s)", f"{ours / ref:.2f}x",
-                         ">= 0.5x"))
+            rows.append(
+                (
+                    f"(b) inject uniform a=0.2 into {r['shard_tokens'] / 1e6:.0f}M tokens",
+                    f"{ours:.0f} MB/s ({r['inject_s']:.2f} s)",
+                    f"shutil.copyfile {ref:.0f} MB/s ({r['copyfile_s']:.2f} s)",
+                    f"{ours / ref:.2f}x",
+                    ">= 0.5x",
+                )
+            )
             print(json.dumps(r), file=sys.stderr)
         if "c" in which:
-            r = bench_rss(tmp / "c" if (tmp / "c").mkdir() is None else tmp, args.rss_gb)
-            rows.append((f"(c) prepare gpt2, 2 proc, one {r['input_MB'] / 1000:.2f} GB file",
-                         f"peak RSS {r['peak_tree_rss_MB']:.0f} MB (all processes)",
-                         f"{r['seconds']:.0f} s, {r['tokens'] / 1e6:.0f}M tokens, exit {r['exit_code']}",
-                         f"{r['peak_tree_rss_MB'] / 1024:.2f} GB", "<= 1 GB"))
-            print(json.dumps(r), file=sys.stderr)
+            (tmp / "c").mkdir()
+            for tokenizer, gigabytes in (("bytes", args.rss_gb), ("gpt2", args.rss_gpt2_gb)):
+                if gigabytes <= 0:
+                    continue
+                r = bench_rss(tmp / "c", gigabytes, tokenizer)
+                rows.append(
+                    (
+                        f"(c) prepare {tokenizer}, 2 proc, one {r['input_MB'] / 1000:.2f} GB file",
+                        f"peak RSS {r['peak_tree_rss_MB']:.0f} MB (all processes)",
+                        f"{r['seconds']:.0f} s, {r['tokens'] / 1e6:.0f}M tokens, exit {r['exit_code']}",
+                        f"{r['peak_tree_rss_MB'] / 1024:.2f} GB",
+                        "<= 1 GB",
+                    )
+                )
+                print(json.dumps(r), file=sys.stderr)
     print("| benchmark | noisylm | reference | ratio | target |")
     print("|---|---|---|---|---|")
     for row in rows:

@@ -21,6 +21,7 @@ generated in fixed chunks, so the same inputs and seed give byte-identical files
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import mmap
 import os
@@ -119,7 +120,7 @@ def inject(
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         train_hash, noise_hash, spans, noise_eots = _write_train(
-            parent, sampler, insertions, tmp / "train.bin", tmp / "noise.bin", progress
+            parent, sampler, noise_seq, insertions, tmp / "train.bin", tmp / "noise.bin", progress
         )
         shutil.copyfile(parent.path / parent.splits["val"].file, tmp / "val.bin")
         splits = {
@@ -204,33 +205,43 @@ def _document_starts(parent: ShardSet, chunk: int = 1 << 24) -> np.ndarray:
 
 
 class _NoiseStream:
-    """The noise in order, generated in chunks whose sizes depend only on the total (so the same seed
-    gives the same tokens however they are consumed); the next chunk is generated on a worker
-    thread while the current one is written (numpy and tiktoken release the GIL)."""
+    """The noise in order, generated in chunks of NOISE_CHUNK tokens (the last one shorter) on worker
+    threads ahead of the writer (numpy and tiktoken release the GIL). Chunk sizes depend only on the
+    total, and samplers without stream state draw chunk k from the k-th child of the noise seed, so
+    the same seed gives the same tokens however many threads run."""
 
-    def __init__(self, sampler: Any, total: int, dtype: np.dtype):
-        self.sampler, self.dtype = sampler, dtype
-        self.sizes = iter([min(NOISE_CHUNK, total - lo) for lo in range(0, total, NOISE_CHUNK)])
-        self.pool = ThreadPoolExecutor(max_workers=1)
-        self.next = self._submit()
+    def __init__(self, sampler: Any, total: int, dtype: np.dtype, seed: np.random.SeedSequence):
+        sizes = [min(NOISE_CHUNK, total - lo) for lo in range(0, total, NOISE_CHUNK)]
+        self.dtype = dtype
+        if sampler.independent_chunks:
+            children = seed.spawn(len(sizes))
+            self.jobs = iter(
+                [
+                    (lambda k=k, n=n: sampler.sample_with(np.random.default_rng(children[k]), n))
+                    for k, n in enumerate(sizes)
+                ]
+            )
+            workers = 2
+        else:  # one stream: one worker, chunks in order
+            self.jobs = iter([(lambda n=n: sampler.sample(n)) for n in sizes])
+            workers = 1
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.futures: collections.deque[Future] = collections.deque()
+        for _ in range(workers + 1):
+            self._submit()
         self.pending = np.zeros(0, dtype=dtype)
 
-    def _submit(self) -> Future | None:
-        size = next(self.sizes, 0)
-        return (
-            self.pool.submit(lambda: self.sampler.sample(size).astype(self.dtype, copy=False))
-            if size
-            else None
-        )
+    def _submit(self) -> None:
+        job = next(self.jobs, None)
+        if job is not None:
+            self.futures.append(self.pool.submit(job))
 
     def take(self, n: int) -> np.ndarray:
         parts = []
         while n > 0:
             if len(self.pending) == 0:
-                if self.next is None:
-                    raise RuntimeError("noise stream exhausted")  # a bug: placements exceed the total
-                self.pending, self.next = self.next.result(), None
-                self.next = self._submit()
+                self.pending = self.futures.popleft().result().astype(self.dtype, copy=False)
+                self._submit()
             part, self.pending = self.pending[:n], self.pending[n:]
             parts.append(part)
             n -= len(part)
@@ -295,6 +306,7 @@ class _HashingWriter:
 def _write_train(
     parent: ShardSet,
     sampler: Any,
+    noise_seed: np.random.SeedSequence,
     insertions: list[tuple[int, int]],
     train_path: Path,
     noise_path: Path,
@@ -316,7 +328,7 @@ def _write_train(
         disable=(not progress) if progress is not None else None,
     )
 
-    stream = _NoiseStream(sampler, n_noise, parent.dtype)
+    stream = _NoiseStream(sampler, n_noise, parent.dtype, noise_seed)
     take_noise = stream.take
 
     src_map = None

@@ -76,18 +76,28 @@ class NoiseSampler:
         self.dtype = np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
         self.params: dict[str, Any] = {"vocab_range": [0, vocab_size]}
 
+    # True when draws depend only on the generator passed in (no stream state), so chunks of a long
+    # stream can be drawn in parallel from independent child generators (see `inject`).
+    independent_chunks = False
+
     def sample(self, n: int) -> np.ndarray:
+        """The next ``n`` ids of this sampler's stream."""
+        return self.sample_with(self.rng, n)
+
+    def sample_with(self, rng: np.random.Generator, n: int) -> np.ndarray:
         raise NotImplementedError
 
 
 class UniformSampler(NoiseSampler):
+    independent_chunks = True
     kind = "uniform"
 
-    def sample(self, n: int) -> np.ndarray:
-        return self.rng.integers(0, self.vocab_size, size=n, dtype=self.dtype)
+    def sample_with(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.integers(0, self.vocab_size, size=n, dtype=self.dtype)
 
 
 class BoostedSampler(NoiseSampler):
+    independent_chunks = True
     kind = "boosted"
 
     def __init__(
@@ -139,16 +149,17 @@ class BoostedSampler(NoiseSampler):
         m[self.ids] = self.factors
         return m / m.sum()
 
-    def sample(self, n: int) -> np.ndarray:
-        out = self.rng.integers(0, self.vocab_size, size=n, dtype=self.dtype)
-        boosted = self.rng.random(n) < self.p_extra
+    def sample_with(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        out = rng.integers(0, self.vocab_size, size=n, dtype=self.dtype)
+        boosted = rng.random(n) < self.p_extra
         k = int(boosted.sum())
-        picks = np.searchsorted(self.extra_cdf, self.rng.random(k), side="right")
+        picks = np.searchsorted(self.extra_cdf, rng.random(k), side="right")
         out[boosted] = self.ids[np.minimum(picks, len(self.ids) - 1)]
         return out
 
 
 class GaussianSampler(NoiseSampler):
+    independent_chunks = True
     kind = "gaussian"
 
     def __init__(
@@ -168,12 +179,13 @@ class GaussianSampler(NoiseSampler):
             raise UsageError(f"std={self.std} must be positive")
         self.params.update(mean=self.mean, std=self.std, rounding="nearest", clip=[0, vocab_size - 1])
 
-    def sample(self, n: int) -> np.ndarray:
-        x = np.rint(self.rng.normal(self.mean, self.std, size=n))
+    def sample_with(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        x = np.rint(rng.normal(self.mean, self.std, size=n))
         return np.clip(x, 0, self.vocab_size - 1).astype(self.dtype)
 
 
 class HistogramSampler(NoiseSampler):
+    independent_chunks = True
     kind = "histogram"
 
     def __init__(self, vocab_size: int, rng: np.random.Generator, histogram: Any = None):
@@ -195,8 +207,8 @@ class HistogramSampler(NoiseSampler):
 
             self.params["histogram_sha256"] = sha256_file(histogram)
 
-    def sample(self, n: int) -> np.ndarray:
-        ids = np.searchsorted(self.cdf, self.rng.random(n), side="right")
+    def sample_with(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        ids = np.searchsorted(self.cdf, rng.random(n), side="right")
         return np.minimum(ids, len(self.cdf) - 1).astype(self.dtype)
 
 
