@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -146,12 +147,18 @@ def load_weights(model: GPT, ckpt: Path) -> None:
 
 def load_training_state(ckpt: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(optimizer file contents, per-rank RNG states), loaded with ``weights_only=True``."""
-    try:
-        opt = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
-        rng = torch.load(ckpt / "rng.pt", map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated/garbled files
-        raise _corrupt(ckpt, exc) from None
-    return opt, rng.get("ranks", [])
+    loaded = []
+    for name in ("optimizer.pt", "rng.pt"):
+        try:
+            loaded.append(torch.load(ckpt / name, map_location="cpu", weights_only=True))
+        except pickle.UnpicklingError:  # weights_only met something other than tensors and containers
+            raise NoisyLMError(
+                f"{ckpt / name} holds Python objects, not only tensors; noisylm does not load code from "
+                "checkpoints, delete it or start the run again"
+            ) from None
+        except Exception as exc:  # torch raises several types for truncated/garbled files
+            raise _corrupt(ckpt, exc) from None
+    return loaded[0], loaded[1].get("ranks", [])
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
