@@ -277,3 +277,15 @@ def test_prepare_cli_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "train" in out and "val" in out and str(tmp_path / "pd") in out
     assert verify(tmp_path / "pd") == []
+
+
+def test_merge_cli_and_noisy_sets_are_refused(tmp_path, capsys, shakespeare_bytes, noisy_bytes):
+    assert main(["merge", str(shakespeare_bytes), str(shakespeare_bytes), "--out", str(tmp_path / "m")]) == 0
+    merged = ShardSet.open(tmp_path / "m")
+    clean = ShardSet.open(shakespeare_bytes)
+    assert merged.splits["train"].tokens == 2 * clean.splits["train"].tokens
+    assert merged.splits["val"].documents == 2 * clean.splits["val"].documents
+    capsys.readouterr()
+    assert main(["merge", str(noisy_bytes), "--out", str(tmp_path / "n")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds injected noise" in err and not (tmp_path / "n").exists()

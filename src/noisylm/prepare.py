@@ -122,7 +122,8 @@ def prepare(
                 + (f" for shard {cfg.shard_index} of {cfg.num_shards}" if cfg.num_shards > 1 else "")
                 + "; the input is empty or whitespace only"
             )
-        if cfg.val_fraction > 0 and writers["val"].documents == 0:
+        if cfg.val_fraction > 0 and writers["val"].documents == 0 and cfg.num_shards == 1:
+            # (one shard of many may hold no validation document; `merge` combines them)
             raise NoisyLMError(
                 f"--val-fraction {cfg.val_fraction} of {total_docs} document(s) selects none for "
                 "validation; give more documents (e.g. --doc-separator '\\n\\n\\n') or a larger fraction"
