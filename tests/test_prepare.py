@@ -289,3 +289,15 @@ def test_merge_cli_and_noisy_sets_are_refused(tmp_path, capsys, shakespeare_byte
     assert main(["merge", str(noisy_bytes), "--out", str(tmp_path / "n")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds injected noise" in err and not (tmp_path / "n").exists()
+
+
+def test_streaming_a_long_document_in_small_pieces_keeps_tiktoken_ids(tmp_path, monkeypatch, tiktoken_gpt2):
+    import noisylm.corpora as corpora
+    import noisylm.prepare as prep
+
+    monkeypatch.setattr(corpora, "PIECE_CHARS", 3000)  # a play becomes ~40 pieces
+    monkeypatch.setattr(prep, "BATCH_CHARS", 20_000)  # and ~6 batches over 2 processes
+    play = _plays(1)[0]
+    shards = prepare([play], tmp_path / "s", tokenizer="gpt2", val_fraction=0.0, num_proc=2, progress=False)
+    expected = tiktoken_gpt2.encode_ordinary(_text(play)) + [50256]
+    assert np.asarray(shards.tokens("train")).tolist() == expected

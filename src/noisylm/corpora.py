@@ -192,9 +192,11 @@ def iter_pieces(
     *,
     doc_separator: str | None = None,
     text_field: str = "text",
-    piece_chars: int = PIECE_CHARS,
+    piece_chars: int | None = None,
 ) -> Iterator[Piece]:
-    """Stream the documents of ``files`` (already resolved) as bounded pieces, in order."""
+    """Stream the documents of ``files`` (already resolved) as pieces of about ``piece_chars``
+    characters at most (default `PIECE_CHARS`), in order."""
+    piece_chars = piece_chars or PIECE_CHARS
     for index, path in enumerate(files):
         with _open_text(path) as fh:
             if is_jsonl(path):
