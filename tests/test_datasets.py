@@ -303,6 +303,29 @@ def test_hugging_face_dataset_saved_to_disk(tmp_path):
     )
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("datasets") is None, reason="needs the optional `datasets` package"
+)
+def test_hugging_face_image_dataset_saved_to_disk(tmp_path):
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(45, 5, 4, 3), dtype=np.uint8)
+    features = datasets.Features(
+        {"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])}
+    )
+    images = [Image.fromarray(p) for p in pixels]
+    datasets.Dataset.from_dict(
+        {"img": images, "label": [i % 3 for i in range(45)]}, features=features
+    ).save_to_disk(str(tmp_path / "imgs"))
+    data = load_dataset(tmp_path / "imgs")
+    assert data.kind == "image" and data.class_names == ["a", "b", "c"]
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 32, "val": 4, "test": 9}
+    rows = {bytes(x) for s in data.splits.values() for x in s.inputs}
+    assert rows == {bytes(p) for p in pixels}
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -335,7 +358,10 @@ def test_too_small_for_validation_split_names_the_fix(tmp_path):
     folder.mkdir()
     _write_csv(folder / "train.csv", [{"text": f"t{i}", "label": str(i % 3)} for i in range(20)])
     _write_csv(folder / "test.csv", [{"text": f"u{i}", "label": str(i % 3)} for i in range(6)])
-    with pytest.raises(NoisyLMError, match=r"too small for a stratified 10% validation split.*at least 30"):
+    with pytest.raises(
+        NoisyLMError,
+        match=r"too small for a stratified 10% validation split: 20 training.*at least 30 training examples",
+    ):
         load_dataset(folder)
     assert len(load_dataset(folder, val_fraction=0.2).splits["val"]) == 4
 

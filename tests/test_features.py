@@ -190,6 +190,17 @@ def test_causal_lm_keeps_the_end_of_long_prompts(tiny_gpt2, tmp_path):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+def test_causal_lm_in_bfloat16_is_close_to_float32(tiny_gpt2):
+    texts = ["a fine film", "an awful film that goes on and on"]
+    with torch.inference_mode():
+        full = load_backbone(f"hf:{tiny_gpt2}", device="cpu").encode(texts)
+        half = load_backbone(f"hf:{tiny_gpt2}", device="cpu", dtype="bfloat16").encode(texts)
+    assert half.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(full, half).min() > 0.99
+    with pytest.raises(UsageError, match="--dtype bfloat16 is for hf: and noisylm: backbones"):
+        load_backbone("pixels", dtype="bfloat16")
+
+
 def test_nan_weights_are_detected_at_extract(tiny_gpt2, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
@@ -369,6 +380,16 @@ def test_cli_missing_optional_backbone_package(tmp_path, capsys, monkeypatch):
         "needs the optional package 'efficientnet-lite-pytorch': pip install efficientnet-lite-pytorch"
         in stderr
     )
+    assert _no_leftovers(out)
+
+
+def test_cli_backbone_package_not_installed(tmp_path, capsys, monkeypatch):
+    """torchvision is an optional extra: without it, the fix is named (simulated when it is installed)."""
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    out = tmp_path / "out"
+    argv = ["extract", "--backbone", "torchvision:resnet18:w.pth", "--dataset", "digits", "--out", str(out)]
+    code, _, stderr = _run(argv, capsys)
+    assert code == 1 and "needs the optional package 'torchvision': pip install torchvision" in stderr
     assert _no_leftovers(out)
 
 

@@ -145,11 +145,12 @@ def _hold_out(split: Split, fraction: float, seed: int, what: str, name: str) ->
     n = len(split)
     n_classes = len(np.unique(split.labels))
     n_held = int(round(fraction * n))
+    source = "training" if what == "validation" else "labelled"
     if n_held < n_classes or n - n_held < n_classes:
         raise NoisyLMError(
-            f"dataset {name} is too small for a stratified {fraction:.0%} {what} split: {n} examples give "
-            f"{n_held} {what} examples for {n_classes} classes; provide a {what} split or at least "
-            f"{int(np.ceil(n_classes / fraction))} examples"
+            f"dataset {name} is too small for a stratified {fraction:.0%} {what} split: "
+            f"{n} {source} examples give {n_held} {what} examples for {n_classes} classes; "
+            f"provide a {what} split or at least {int(np.ceil(n_classes / fraction))} {source} examples"
         )
     kept, held = stratified_split(split.labels, n_held, seed)
     return split.subset(kept), split.subset(held)

@@ -236,7 +236,9 @@ class SentenceEncoder(Backbone):
 class CausalLM(Backbone):
     """A Hugging Face causal LM folder: final hidden state at the last prompt token, or the mean."""
 
-    def __init__(self, folder: Path, spec: str, device: torch.device, pooling: str, max_length: int):
+    def __init__(
+        self, folder: Path, spec: str, device: torch.device, pooling: str, max_length: int, dtype: torch.dtype
+    ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         transformers = _require("transformers", "transformers", spec)
         _quiet_transformers()
@@ -255,7 +257,7 @@ class CausalLM(Backbone):
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "left"  # keep the end of the prompt, where the template's cue is
-        self.model.to(device).eval()
+        self.model.to(device=device, dtype=dtype).eval()
         self.max_length = max_length
         self.spec, self.kind, self.device, self.pooling = spec, "text", device, pooling
         self.hash = _folder_hash(folder)
@@ -281,12 +283,14 @@ class NoisyLMCheckpoint(Backbone):
     """A noisylm GPT checkpoint (run directory: its newest checkpoint, or a ckpt-* folder);
     final hidden state after ln_f, with the tokenizer the run was trained with."""
 
-    def __init__(self, path: Path, spec: str, device: torch.device, pooling: str, max_length: int):
+    def __init__(
+        self, path: Path, spec: str, device: torch.device, pooling: str, max_length: int, dtype: torch.dtype
+    ):
         from noisylm.tokenizers import get_tokenizer
         from noisylm.training.checkpoint import load_model
 
         self.model, state, ckpt = load_model(path, device=device)
-        self.model.eval()
+        self.model.to(dtype=dtype).eval()
         vocab_size = self.model.config.vocab_size
         tokenizer = (state.get("data") or {}).get("tokenizer") or ("bytes" if vocab_size <= 257 else "gpt2")
         self.tokenizer = get_tokenizer(tokenizer)
@@ -355,12 +359,14 @@ def _efficientnet_lite0(spec: str, device: torch.device) -> ImageBackbone:
 
 
 def _torchvision_or_timm(spec: str, device: torch.device) -> ImageBackbone:
+    """torchvision:ARCH:WEIGHTS / timm:ARCH:WEIGHTS: architecture from the library, weights from a file."""
     library, _, rest = spec.partition(":")
     arch, _, weights = rest.partition(":")
     if not arch or not weights:
         raise UsageError(
             f"backbone {spec!r}: write {library}:ARCH:WEIGHTS.pth, e.g. {library}:resnet50:resnet50.pth"
         )
+    module = _require(library, library, spec)
     weights_path = Path(weights)
     if not weights_path.exists():
         raise NoisyLMError(f"weights file {weights_path} not found; download it once and pass its path")
@@ -368,28 +374,50 @@ def _torchvision_or_timm(spec: str, device: torch.device) -> ImageBackbone:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise NoisyLMError(f"cannot read weights {weights_path}: {exc}") from None
+    if not isinstance(state, dict):
+        raise NoisyLMError(f"{weights_path} holds no state dict; save model.state_dict()")
+    for key in ("state_dict", "model"):  # training scripts often wrap the weights
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    digest = _hash_files([weights_path])
     if library == "torchvision":
-        tv = _require("torchvision", "torchvision", spec)
         try:
-            model = tv.models.get_model(arch, weights=None)
+            model = module.models.get_model(arch, weights=None)
         except ValueError:
             raise UsageError(
                 f"unknown torchvision model {arch!r}; see torchvision.models.list_models()"
             ) from None
-        model.load_state_dict(state)
-        head = [n for n in ("fc", "classifier", "heads", "head") if hasattr(model, n)]
-        if head:
-            setattr(model, head[0], torch.nn.Identity())
-        return ImageBackbone(model, model, spec, device, 224, _hash_files([weights_path]))
-    timm = _require("timm", "timm", spec)
-    model = timm.create_model(arch, pretrained=False, num_classes=0)
-    model.load_state_dict(state, strict=False)
-    size = (
-        int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-        if hasattr(model, "pretrained_cfg")
-        else 224
+        _load_strict(model, state, weights_path, allowed_unexpected=())
+        for name in ("fc", "classifier", "heads", "head"):  # drop the classifier: features = its input
+            if hasattr(model, name):
+                setattr(model, name, torch.nn.Identity())
+                break
+        return ImageBackbone(model, model, spec, device, 224, digest)
+    try:
+        model = module.create_model(arch, pretrained=False, num_classes=0)  # num_classes=0: no classifier
+    except RuntimeError:
+        raise UsageError(f"unknown timm model {arch!r}; see timm.list_models()") from None
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    _load_strict(model, state, weights_path, allowed_unexpected=(cfg.get("classifier", "head"),))
+    backbone = ImageBackbone(
+        model, model, spec, device, int(cfg.get("input_size", (3, 224, 224))[-1]), digest
     )
-    return ImageBackbone(model, model, spec, device, size, _hash_files([weights_path]))
+    backbone.mean, backbone.std = tuple(cfg.get("mean", backbone.mean)), tuple(cfg.get("std", backbone.std))
+    return backbone
+
+
+def _load_strict(
+    model: torch.nn.Module, state: dict, path: Path, allowed_unexpected: tuple[str, ...]
+) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    unexpected = (
+        [k for k in unexpected if not k.startswith(allowed_unexpected)] if allowed_unexpected else unexpected
+    )
+    if missing or unexpected:
+        raise NoisyLMError(
+            f"weights {path} do not fit the architecture (missing {missing[:2]}, "
+            f"unexpected {unexpected[:2]}); check ARCH"
+        )
 
 
 class Pixels(Backbone):
@@ -442,11 +470,27 @@ def parse_backbone(spec: str) -> tuple[str, Path | None]:
     )
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def load_backbone(
-    spec: str, *, device: str = "auto", pooling: str | None = None, max_length: int = 256
+    spec: str,
+    *,
+    device: str = "auto",
+    pooling: str | None = None,
+    max_length: int = 256,
+    dtype: str = "float32",
 ) -> Backbone:
-    """Load a backbone by name (see the module docstring). Heavy packages are imported only here."""
+    """Load a backbone by name (see the module docstring). Heavy packages are imported only here.
+
+    `dtype` (float32 | bfloat16 | float16) is the weight precision of hf: and noisylm: language models
+    (halves their memory); features are always stored as float32.
+    """
     family, path = parse_backbone(spec)
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if dtype != "float32" and family not in ("hf", "noisylm"):
+        raise UsageError(f"--dtype {dtype} is for hf: and noisylm: backbones; drop it for {spec}")
     if family in ("hf", "noisylm"):
         if pooling is not None and pooling not in ("last", "mean"):
             raise UsageError(f"unknown pooling {pooling!r}; use last or mean")
@@ -468,8 +512,8 @@ def load_backbone(
     if family == "sentence":
         return SentenceEncoder(path, spec, dev, max_length)
     if family == "hf":
-        return CausalLM(path, spec, dev, pooling or "last", max_length)
-    return NoisyLMCheckpoint(path, spec, dev, pooling or "last", max_length)
+        return CausalLM(path, spec, dev, pooling or "last", max_length, DTYPES[dtype])
+    return NoisyLMCheckpoint(path, spec, dev, pooling or "last", max_length, DTYPES[dtype])
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -485,7 +529,8 @@ class ExtractConfig:
     batch_size: examples per forward pass. max_length: prompt tokens kept (the end is kept).
     max_train / max_test: stratified caps (train before the validation split; test and a given val).
     val_fraction: validation share of train when the data has no validation split. seed: for all splits.
-    device: auto | cpu | cuda[:N]. label_field / text_fields: columns of users' CSV/JSONL/HF data.
+    device: auto | cpu | cuda[:N]. dtype: weight precision of hf:/noisylm: models (float32 | bfloat16 |
+    float16). label_field / text_fields: columns of users' CSV/JSONL/HF data.
     """
 
     backbone: str
@@ -499,6 +544,7 @@ class ExtractConfig:
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
+    dtype: str = "float32"
     label_field: str = "label"
     text_fields: tuple[str, ...] | None = None
 
@@ -553,7 +599,11 @@ def extract(
     _check_compatible(spec, backbone_input_kind(backbone), data)  # before loading a big model
     if isinstance(backbone, str):
         model = load_backbone(
-            spec, device=config.device, pooling=config.pooling, max_length=config.max_length
+            spec,
+            device=config.device,
+            pooling=config.pooling,
+            max_length=config.max_length,
+            dtype=config.dtype,
         )
     else:
         model = backbone
@@ -580,6 +630,7 @@ def extract(
         "template_name": template_name,
         "pooling": model.pooling,
         "max_length": config.max_length if data.kind == "text" else None,
+        "dtype": config.dtype,
         "feature_dim": int(features["train"].shape[1]),
         "num_classes": data.num_classes,
         "class_names": list(data.class_names),

@@ -58,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="val share of train if none is given")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="hf:/noisylm: weights"
+    )
     parser.add_argument("--label-field", default="label", help="label column of CSV/JSONL/HF data")
     parser.add_argument(
         "--text-field",
@@ -90,6 +93,7 @@ def run_extract(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         seed=args.seed,
         device=args.device,
+        dtype=args.dtype,
         label_field=args.label_field,
         text_fields=args.text_fields,
     )
