@@ -1,0 +1,707 @@
+"""The probing protocol of Sec. 4.3 / App. E: heads on cached frozen features, CE vs CE + LGM.
+
+For every feature cache (one backbone on one dataset), head (`linear`, `mlp`) and loss (`ce`, `lgm`,
+and the ablations `norm`, `cosine`, `l2-output`):
+
+1. grid search on the validation split (learning rate × batch size, and γ × λ for the penalised
+   losses), one seed per grid point; the test split is never looked at here;
+2. the selected setting trained with N seeds (default 5); test accuracy reported as mean ± std.
+
+Optional: the γ, λ sensitivity grid of Table 6 and the input-sensitivity plot of Figure 6.
+
+    out_dir/
+      probe.json        resolved config, the caches probed, provenance
+      results.jsonl     one line per training run: phase (select | final | sensitivity | figure6),
+                        backbone, dataset, head, loss, hyper-parameters, seed, val/test accuracy
+      summary.json      per (backbone, dataset, head, loss): mean/std test accuracy, selected setting
+      table_main.md/.csv           Tables 1-3: rows backbone (+ L_gm), columns dataset x head, Avg
+      table_ablation.md/.csv       Table 5 (when losses other than ce/lgm are probed)
+      table_sensitivity.md/.csv    Table 6 (with `sensitivity`)
+      figure6.png                  Figure 6 (with `figure6`)
+
+Presets (App. E): ``nlu`` = Adam, 10 epochs, lr ∈ {3e-4, 6e-4}, batch ∈ {8, 12, 16, 32};
+``vision`` = AdamW, 30 epochs, cosine schedule, linear head lr 0.1 without weight decay, MLP lr 1e-3
+with weight decay 1e-4 (the paper gives no batch size; 128 here); ``quick`` = a small grid for demos.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, provenance
+from noisylm.errors import NoisyLMError, UsageError
+from noisylm.heads import HEAD_KINDS, make_head
+from noisylm.lgm import VARIANTS, LGMLoss
+
+# Loss names of the probe: `ce` is plain cross-entropy, the rest are LGM variants added to it.
+LOSSES = ("ce",) + tuple(v for v in VARIANTS if v != "none")
+LOSS_LABELS = {
+    "ce": "",
+    "lgm": " + L_gm",
+    "norm": " + ‖∇θ ℓ‖₂",
+    "cosine": " + (1 − cos)",
+    "l2-output": " + L2 (‖g(t) − g(t̂)‖₂)",
+}
+PAPER_SENSITIVITY = ((0.001, 0.001), (0.05, 0.05), (0.1, 0.1))  # Table 6
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimiser and schedule of one head kind under a preset (App. E)."""
+
+    epochs: int
+    lrs: tuple[float, ...]
+    batch_sizes: tuple[int, ...]
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine
+
+
+PRESETS: dict[str, dict[str, Recipe]] = {
+    "nlu": {kind: Recipe(epochs=10, lrs=(3e-4, 6e-4), batch_sizes=(8, 12, 16, 32)) for kind in HEAD_KINDS},
+    "vision": {
+        "linear": Recipe(30, (0.1,), (128,), optimizer="adamw", weight_decay=0.0, schedule="cosine"),
+        "mlp": Recipe(30, (1e-3,), (128,), optimizer="adamw", weight_decay=1e-4, schedule="cosine"),
+    },
+    "quick": {kind: Recipe(epochs=8, lrs=(1e-3, 3e-3), batch_sizes=(32,)) for kind in HEAD_KINDS},
+}
+
+
+@dataclass
+class ProbeConfig:
+    """What `probe` runs.
+
+    heads: head kinds (`linear`, `mlp`). losses: `ce` and/or LGM variants (`lgm`, `norm`, `cosine`,
+    `l2-output`). preset: `nlu`, `vision` or `quick` (optimiser, epochs, lr and batch grids).
+    epochs / lrs / batch_sizes: override the preset's values for every head.
+    gammas, lams: the γ and λ grids searched on validation for penalised losses (paper: 0.01, 0.15).
+    seeds: seeds per selected setting (mean ± std over them). sensitivity: (γ, λ) pairs for Table 6,
+    trained for `lgm` at its selected lr/batch. figure6: draw Figure 6 for the first cache and head.
+    device: cpu | cuda | auto. threads: CPU threads while training (heads on batches of 8-128 rows
+    train fastest single-threaded, and several probes can then share a machine; None = torch's
+    setting). progress: tqdm bars.
+    """
+
+    heads: tuple[str, ...] = ("linear", "mlp")
+    losses: tuple[str, ...] = ("ce", "lgm")
+    preset: str = "nlu"
+    epochs: int | None = None
+    lrs: tuple[float, ...] | None = None
+    batch_sizes: tuple[int, ...] | None = None
+    gammas: tuple[float, ...] = (0.01,)
+    lams: tuple[float, ...] = (0.15,)
+    seeds: int = 5
+    sensitivity: tuple[tuple[float, float], ...] = ()
+    figure6: bool = True
+    device: str = "auto"
+    threads: int | None = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.heads, self.losses = tuple(self.heads), tuple(self.losses)
+        self.gammas, self.lams = tuple(self.gammas), tuple(self.lams)
+        self.sensitivity = tuple((float(g), float(lam)) for g, lam in self.sensitivity)
+        _check_choices("head", self.heads, HEAD_KINDS)
+        _check_choices("loss", self.losses, LOSSES)
+        if self.preset not in PRESETS:
+            raise UsageError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        if self.lrs is not None:
+            self.lrs = tuple(float(x) for x in self.lrs)
+            if not self.lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs):
+                raise UsageError(f"learning rates must be positive numbers, got {self.lrs}")
+        if self.batch_sizes is not None:
+            self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
+            if not self.batch_sizes or min(self.batch_sizes) < 1:
+                raise UsageError(f"batch sizes must be >= 1, got {self.batch_sizes}")
+        for name, values in (("gamma", self.gammas), ("lambda", self.lams)):
+            if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
+                raise UsageError(f"{name} values must be finite numbers >= 0, got {values}")
+        for gamma, lam in self.sensitivity:
+            if not (gamma >= 0 and lam >= 0 and math.isfinite(gamma + lam)):
+                raise UsageError(f"sensitivity pairs need finite gamma, lambda >= 0, got ({gamma}, {lam})")
+        if self.seeds < 1:
+            raise UsageError(f"seeds must be >= 1, got {self.seeds}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"threads must be >= 1, got {self.threads}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise UsageError(f"unknown device {self.device!r}; use auto, cpu or cuda[:N]")
+
+    def recipe(self, head: str) -> Recipe:
+        base = PRESETS[self.preset][head]
+        return Recipe(
+            epochs=self.epochs or base.epochs,
+            lrs=self.lrs or base.lrs,
+            batch_sizes=self.batch_sizes or base.batch_sizes,
+            optimizer=base.optimizer,
+            weight_decay=base.weight_decay,
+            schedule=base.schedule,
+        )
+
+
+@dataclass
+class ProbeData:
+    """One feature cache in memory: the three splits and what the cache says about itself."""
+
+    backbone: str
+    dataset: str
+    num_classes: int
+    class_names: list[str]
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
+    source: str = ""
+
+
+def load_probe_data(cache_dir: str | Path) -> ProbeData:
+    """Read and check a feature cache (`noisylm.features` format) for probing."""
+    from noisylm.features import load_features
+
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    meta: dict[str, Any] = {}
+    for split in ("train", "val", "test"):
+        features, labels, meta = load_features(cache_dir, split)
+        splits[split] = (features, labels)
+    data = ProbeData(
+        backbone=str(meta.get("backbone", "?")),
+        dataset=str(meta.get("dataset", "?")),
+        num_classes=int(meta["num_classes"]),
+        class_names=[str(c) for c in meta.get("class_names", [])],
+        splits=splits,
+        source=str(cache_dir),
+    )
+    check_probe_data(data)
+    return data
+
+
+def check_probe_data(data: ProbeData) -> None:
+    """The bad inputs a probe cannot recover from, each as one line naming the fix."""
+    dims = {split: tuple(x.shape[1:]) for split, (x, _) in data.splits.items()}
+    for split, (features, labels) in data.splits.items():
+        if features.dim() != 2 or labels.shape != (features.shape[0],):
+            raise NoisyLMError(
+                f"{data.source}: {split} needs [N, d] features and [N] labels, got "
+                f"{tuple(features.shape)} and {tuple(labels.shape)}; re-extract the cache"
+            )
+        if len(labels) == 0:
+            fix = "use more data or a smaller validation fraction" if split == "val" else "re-extract"
+            raise NoisyLMError(f"{data.source}: the {split} split is empty; {fix}")
+        bad = ~torch.isfinite(features).all(1)
+        if bad.any():
+            raise NoisyLMError(
+                f"{data.source}: {int(bad.sum())} {split} feature rows hold NaN/inf "
+                f"(first: row {int(bad.nonzero()[0, 0])}); re-extract the cache or drop those examples"
+            )
+        if int(labels.min()) < 0 or int(labels.max()) >= data.num_classes:
+            raise NoisyLMError(
+                f"{data.source}: {split} labels outside 0..{data.num_classes - 1}; fix the label mapping"
+            )
+    if len(set(dims.values())) > 1:
+        raise NoisyLMError(
+            f"{data.source}: feature dimensions differ between splits {dims}; re-extract all splits "
+            "with one backbone"
+        )
+    train_classes = torch.unique(data.splits["train"][1]).numel()
+    if train_classes < 2:
+        raise NoisyLMError(
+            f"{data.source}: the training split has a single class; a classifier needs >= 2 labelled classes"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Training one head.
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a head kind, a loss, its hyper-parameters and a seed."""
+
+    head: str
+    loss: str
+    lr: float
+    batch_size: int
+    gamma: float
+    lam: float
+    seed: int
+
+
+def train_head(
+    data: ProbeData, spec: RunSpec, recipe: Recipe, device: torch.device
+) -> tuple[torch.nn.Module, float]:
+    """Train one head on the train split; returns the head and the mean loss of its last epoch."""
+    features, labels = (t.to(device) for t in data.splits["train"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        head = make_head(spec.head, features.shape[1], data.num_classes).to(device)
+    shuffle = torch.Generator().manual_seed(spec.seed)
+    noise = torch.Generator(device=device).manual_seed(spec.seed + 1_000_003)
+    variant = "none" if spec.loss == "ce" else spec.loss
+    criterion = LGMLoss(head, gamma=spec.gamma, lam=spec.lam, variant=variant, generator=noise)
+    optimizer_cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_cls(head.parameters(), lr=spec.lr, weight_decay=recipe.weight_decay)
+    n = len(labels)
+    steps_per_epoch = math.ceil(n / spec.batch_size)
+    scheduler = None
+    if recipe.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.epochs * steps_per_epoch)
+    head.train()
+    last_epoch_loss = float("nan")
+    for _ in range(recipe.epochs):
+        order = torch.randperm(n, generator=shuffle).to(device)
+        total = torch.zeros((), device=device)
+        for start in range(0, n, spec.batch_size):
+            index = order[start : start + spec.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(features[index], labels[index])
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += loss.detach() * len(index)
+        last_epoch_loss = float(total) / n
+    if not math.isfinite(last_epoch_loss):
+        raise NoisyLMError(
+            f"training diverged (loss {last_epoch_loss}) for {spec.head}/{spec.loss} at lr {spec.lr}; "
+            "lower the learning rate"
+        )
+    head.eval()
+    return head, last_epoch_loss
+
+
+@torch.no_grad()
+def accuracy(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor, chunk: int = 8192) -> float:
+    """Fraction of rows whose arg-max prediction equals the label."""
+    device = next(head.parameters()).device
+    correct = 0
+    for start in range(0, len(labels), chunk):
+        logits = head(features[start : start + chunk].to(device))
+        correct += int((logits.argmax(1).cpu() == labels[start : start + chunk]).sum())
+    return correct / len(labels)
+
+
+# --------------------------------------------------------------------------------------------------
+# The protocol.
+
+
+def probe(
+    caches: Sequence[str | Path] | str | Path,
+    out_dir: str | Path,
+    config: ProbeConfig | None = None,
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Probe heads on one or more feature caches; write results, tables and figures to ``out_dir``.
+
+    Returns the summary (also written to ``out_dir/summary.json``): ``rows`` with one entry per
+    (backbone, dataset, head, loss), ``sensitivity`` rows, ``figure6`` stats, ``seconds``.
+    """
+    config = config or ProbeConfig()
+    caches = [caches] if isinstance(caches, str | Path) else list(caches)
+    if not caches:
+        raise UsageError("no feature caches given; pass at least one directory made by `noisylm extract`")
+    datasets = [load_probe_data(cache) for cache in caches]  # all bad input is found before training
+    device = _resolve_device(config.device)
+    started = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    sensitivity_rows: list[dict[str, Any]] = []
+    figure_stats: dict[str, Any] | None = None
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp, _torch_threads(config.threads):
+        atomic_write_json(
+            tmp / "probe.json",
+            {
+                "config": asdict(config),
+                "caches": [str(c) for c in caches],
+                "provenance": provenance(asdict(config)),
+            },
+        )
+        bar = _progress_bar(config, datasets)
+        for data in datasets:
+            for head in config.heads:
+                recipe = config.recipe(head)
+                for loss in config.losses:
+                    rows.append(_probe_one(data, head, loss, recipe, config, device, records, bar))
+                if config.sensitivity and "lgm" in config.losses:
+                    best = next(r for r in rows if _key(r) == (data.backbone, data.dataset, head, "lgm"))
+                    for gamma, lam in config.sensitivity:
+                        accs = []
+                        for seed in range(config.seeds):
+                            spec = RunSpec(head, "lgm", best["lr"], best["batch_size"], gamma, lam, seed)
+                            accs.append(
+                                _run(data, spec, recipe, device, "sensitivity", records, bar)["test_acc"]
+                            )
+                        sensitivity_rows.append(
+                            {**_ids(data, head, "lgm"), "gamma": gamma, "lam": lam, **_mean_std(accs)}
+                        )
+        bar.close()
+        if config.figure6:
+            figure_stats = figure6(datasets[0], config, rows, device, tmp / "figure6.png", records)
+        summary = {
+            "rows": rows,
+            "sensitivity": sensitivity_rows,
+            "figure6": figure_stats,
+            "seconds": round(time.perf_counter() - started, 2),
+            "provenance": provenance(asdict(config)),
+        }
+        atomic_write_text(tmp / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_json(tmp / "summary.json", summary)
+        _write_tables(tmp, rows, sensitivity_rows, config)
+    return summary
+
+
+def _probe_one(data, head, loss, recipe, config, device, records, bar) -> dict[str, Any]:
+    penalised = loss != "ce"
+    grid = list(
+        itertools.product(
+            recipe.lrs,
+            recipe.batch_sizes,
+            config.gammas if penalised else (0.0,),
+            config.lams if penalised else (0.0,),
+        )
+    )
+    best_val, best = -1.0, grid[0]
+    for lr, batch_size, gamma, lam in grid:
+        result = _run(
+            data, RunSpec(head, loss, lr, batch_size, gamma, lam, 0), recipe, device, "select", records, bar
+        )
+        if result["val_acc"] > best_val:  # ties keep the earlier (smaller) setting
+            best_val, best = result["val_acc"], (lr, batch_size, gamma, lam)
+    lr, batch_size, gamma, lam = best
+    finals = [
+        _run(
+            data, RunSpec(head, loss, lr, batch_size, gamma, lam, seed), recipe, device, "final", records, bar
+        )
+        for seed in range(config.seeds)
+    ]
+    return {
+        **_ids(data, head, loss),
+        "lr": lr,
+        "batch_size": batch_size,
+        "gamma": gamma if penalised else None,
+        "lam": lam if penalised else None,
+        "epochs": recipe.epochs,
+        "selection_val_acc": best_val,
+        "val": _mean_std([r["val_acc"] for r in finals]),
+        **_mean_std([r["test_acc"] for r in finals]),
+    }
+
+
+def _run(data, spec: RunSpec, recipe: Recipe, device, phase: str, records: list, bar) -> dict[str, Any]:
+    started = time.perf_counter()
+    head, train_loss = train_head(data, spec, recipe, device)
+    record = {
+        "phase": phase,
+        **_ids(data, spec.head, spec.loss),
+        **{k: v for k, v in asdict(spec).items() if k not in ("head", "loss")},
+        "epochs": recipe.epochs,
+        "train_loss": round(train_loss, 6),
+        "val_acc": accuracy(head, *data.splits["val"]),
+    }
+    if phase != "select":  # the test split is never used for selection
+        record["test_acc"] = accuracy(head, *data.splits["test"])
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    records.append(record)
+    bar.update(1)
+    return record
+
+
+def _ids(data: ProbeData, head: str, loss: str) -> dict[str, str]:
+    return {"backbone": data.backbone, "dataset": data.dataset, "head": head, "loss": loss}
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    return row["backbone"], row["dataset"], row["head"], row["loss"]
+
+
+def _mean_std(values: list[float]) -> dict[str, Any]:
+    pct = [100 * v for v in values]
+    return {
+        "mean": round(statistics.fmean(pct), 4),
+        "std": round(statistics.stdev(pct), 4) if len(pct) > 1 else 0.0,
+        "n": len(pct),
+        "values": [round(v, 4) for v in pct],
+    }
+
+
+def _progress_bar(config: ProbeConfig, datasets: list[ProbeData]):
+    from tqdm.auto import tqdm
+
+    total = 0
+    for head in config.heads:
+        recipe = config.recipe(head)
+        base = len(recipe.lrs) * len(recipe.batch_sizes)
+        for loss in config.losses:
+            total += base * (1 if loss == "ce" else len(config.gammas) * len(config.lams)) + config.seeds
+        if "lgm" in config.losses:
+            total += len(config.sensitivity) * config.seeds
+    return tqdm(total=total * len(datasets), desc="probe runs", unit="run", disable=not config.progress)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NoisyLMError(f"device {device} requested but CUDA is not available; use --device cpu")
+    return torch.device(device)
+
+
+def _check_choices(what: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    if not values:
+        raise UsageError(f"no {what}s given; choose from {', '.join(allowed)}")
+    for value in values:
+        if value not in allowed:
+            raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+    if len(set(values)) != len(values):
+        raise UsageError(f"{what}s repeated in {values}; list each once")
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables (Markdown + CSV) shaped like the paper's.
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    return "/" if row is None else f"{row['mean']:.2f} ± {row['std']:.2f}"
+
+
+def _table(row_names: list[str], lookup, columns: list[tuple[str, str]], heads: tuple[str, ...], avg: bool):
+    """Rows × (dataset, head) cells; `lookup(row_name, dataset, head)` -> row dict or None."""
+    md_head = ["", *[f"{d} {h.capitalize()}" for d, h in columns]]
+    csv_head = ["method", *[f"{d} {h} {s}" for d, h in columns for s in ("mean", "std")]]
+    if avg:
+        md_head += [f"Avg {h.capitalize()}" for h in heads]
+        csv_head += [f"Avg {h}" for h in heads]
+    md = ["| " + " | ".join(md_head) + " |", "|" + "---|" * len(md_head)]
+    csv = [",".join(_csv(c) for c in csv_head)]
+    for name in row_names:
+        cells = [lookup(name, d, h) for d, h in columns]
+        md_row = [name, *[_cell(c) for c in cells]]
+        csv_row = [name, *[x for c in cells for x in (("", "") if c is None else (c["mean"], c["std"]))]]
+        if avg:
+            for h in heads:
+                means = [c["mean"] for (d, hh), c in zip(columns, cells, strict=True) if hh == h and c]
+                value = statistics.fmean(means) if means else None
+                md_row.append("/" if value is None else f"{value:.2f}")
+                csv_row.append("" if value is None else round(value, 4))
+        md.append("| " + " | ".join(str(x) for x in md_row) + " |")
+        csv.append(",".join(_csv(x) for x in csv_row))
+    return "\n".join(md) + "\n", "\n".join(csv) + "\n"
+
+
+def _csv(value: Any) -> str:
+    text = str(value)
+    return f'"{text}"' if any(c in text for c in ',"') else text
+
+
+def _write_tables(out: Path, rows, sensitivity_rows, config: ProbeConfig) -> None:
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+    columns = [(d, h) for d in datasets for h in config.heads]
+    index = {_key(r): r for r in rows}
+
+    def write(name: str, title: str, table: tuple[str, str]) -> None:
+        atomic_write_text(out / f"table_{name}.md", f"{title}\n\n{table[0]}")
+        atomic_write_text(out / f"table_{name}.csv", table[1])
+
+    caption = (
+        f"Test accuracy (%), mean ± std over {config.seeds} seeds; hyper-parameters chosen on validation."
+    )
+    main_losses = [loss for loss in ("ce", "lgm") if loss in config.losses] or list(config.losses[:1])
+    names = {f"{b}{LOSS_LABELS[loss]}": (b, loss) for b in backbones for loss in main_losses}
+    lookup = lambda name, d, h: index.get((*names[name][:1], d, h, names[name][1]))  # noqa: E731
+    write("main", f"Tables 1-3 layout. {caption}", _table(list(names), lookup, columns, config.heads, True))
+    if set(config.losses) - {"ce", "lgm"}:
+        names = {f"{b}{LOSS_LABELS[loss]}": (b, loss) for b in backbones for loss in config.losses}
+        write(
+            "ablation",
+            f"Table 5 layout (ablation of the penalty). {caption}",
+            _table(list(names), lookup, columns, config.heads, False),
+        )
+    if sensitivity_rows:
+        sens = {(r["backbone"], r["dataset"], r["head"], r["gamma"], r["lam"]): r for r in sensitivity_rows}
+        names_s = {f"{b} γ={g:g} λ={lam:g}": (b, g, lam) for b in backbones for g, lam in config.sensitivity}
+
+        def lookup_s(name, d, h):
+            b, g, lam = names_s[name]
+            return sens.get((b, d, h, g, lam))
+
+        write(
+            "sensitivity",
+            f"Table 6 layout (γ, λ sensitivity of L_gm at the selected lr/batch). {caption}",
+            _table(list(names_s), lookup_s, columns, config.heads, False),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Figure 6.
+
+
+def figure6(
+    data: ProbeData,
+    config: ProbeConfig,
+    rows: list[dict[str, Any]],
+    device: torch.device,
+    path: Path,
+    records: list[dict[str, Any]] | None = None,
+    resolution: int = 121,
+) -> dict[str, Any]:
+    """Figure 6: predicted labels of heads trained with CE, L2 (‖g(t) − g(t̂)‖₂) and LGM on a random
+    2-D plane through one test feature; green = the correct label. Returns the fraction of the plane
+    each head labels correctly (a larger correct region = less sensitive to input perturbations)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    head_kind = config.heads[0]
+    recipe = config.recipe(head_kind)
+    index = {
+        (r["head"], r["loss"]): r
+        for r in rows
+        if (r["backbone"], r["dataset"]) == (data.backbone, data.dataset)
+    }
+    base = index.get((head_kind, "lgm")) or index.get((head_kind, "ce")) or {}
+    lr = base.get("lr", recipe.lrs[0])
+    batch_size = base.get("batch_size", recipe.batch_sizes[0])
+    gamma = base.get("gamma") or config.gammas[0]
+    lam = base.get("lam") or config.lams[0]
+    heads = {}
+    for loss, title in (
+        ("ce", "(a) CE, no regulariser"),
+        ("l2-output", "(b) CE + L2"),
+        ("lgm", "(c) CE + L_gm"),
+    ):
+        row = index.get((head_kind, loss), {})
+        spec = RunSpec(
+            head_kind,
+            loss,
+            row.get("lr", lr),
+            row.get("batch_size", batch_size),
+            0.0 if loss == "ce" else (row.get("gamma") or gamma),
+            0.0 if loss == "ce" else (row.get("lam") or lam),
+            0,
+        )
+        head, _ = train_head(data, spec, recipe, device)
+        heads[title] = head
+        if records is not None:
+            records.append(
+                {
+                    "phase": "figure6",
+                    **_ids(data, head_kind, loss),
+                    **asdict(spec),
+                    "test_acc": accuracy(head, *data.splits["test"]),
+                }
+            )
+
+    test_x, test_y = data.splits["test"]
+    rng = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        correct_all = torch.ones(len(test_y), dtype=torch.bool)
+        for head in heads.values():
+            correct_all &= head(test_x.to(device)).argmax(1).cpu() == test_y
+    candidates = correct_all.nonzero()[:, 0] if correct_all.any() else torch.arange(len(test_y))
+    pick = int(candidates[torch.randint(len(candidates), (1,), generator=rng)])
+    point, label = test_x[pick], int(test_y[pick])
+    # A random plane: two orthonormal Gaussian directions. Its radius: the distance from the point to
+    # the nearest class mean of another class, so that the plane reaches other decision regions.
+    directions, _ = torch.linalg.qr(torch.randn(point.numel(), 2, generator=rng, dtype=torch.float64))
+    directions = directions.float()
+    train_x, train_y = data.splits["train"]
+    means = torch.stack(
+        [train_x[train_y == c].mean(0) if (train_y == c).any() else point for c in range(data.num_classes)]
+    )
+    others = [c for c in range(data.num_classes) if c != label and (train_y == c).any()]
+    radius = float((means[others] - point).norm(dim=1).min()) if others else float(point.norm())
+    steps = torch.linspace(-radius, radius, resolution)
+    a, b = torch.meshgrid(steps, steps, indexing="xy")
+    grid = point + a.reshape(-1, 1) * directions[:, 0] + b.reshape(-1, 1) * directions[:, 1]
+
+    palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (4, 5)]  # no greens
+    colors = [palette[c % len(palette)] for c in range(data.num_classes)]
+    colors[label] = (0.1, 0.65, 0.2)
+    fig, axes = plt.subplots(1, len(heads), figsize=(4.2 * len(heads), 4.2), constrained_layout=True)
+    stats: dict[str, Any] = {
+        "head": head_kind,
+        "test_index": pick,
+        "label": data.class_names[label] if label < len(data.class_names) else label,
+        "radius": radius,
+        "correct_fraction": {},
+    }
+    for ax, (title, head) in zip(axes, heads.items(), strict=True):
+        with torch.no_grad():
+            pred = head(grid.to(device)).argmax(1).cpu().reshape(resolution, resolution)
+        fraction = float((pred == label).float().mean())
+        stats["correct_fraction"][title] = round(fraction, 4)
+        ax.imshow(
+            pred.numpy(),
+            origin="lower",
+            extent=(-radius, radius, -radius, radius),
+            cmap=ListedColormap(colors),
+            vmin=-0.5,
+            vmax=data.num_classes - 0.5,
+            interpolation="nearest",
+        )
+        ax.plot([0], [0], marker="*", color="black", markersize=12)
+        ax.set_title(f"{title}\ncorrect region {100 * fraction:.1f}%", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(
+        f"Figure 6: predictions on a random 2-D plane around test example {pick} "
+        f"({data.backbone} / {data.dataset}, {head_kind} head; green = correct label)",
+        fontsize=10,
+    )
+    from noisylm.artifacts import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return stats
+
+
+# --------------------------------------------------------------------------------------------------
+# `make demo`.
+
+
+def demo_probe(out_dir: str | Path) -> Path:
+    """MiniLM features of a small WordNet-gloss subset (26 classes), linear and MLP heads, CE vs CE + LGM.
+
+    Re-uses the feature cache in ``out_dir/features`` when present; the probe output in
+    ``out_dir/probe`` is replaced. Returns the probe directory.
+    """
+    from noisylm.features import extract
+
+    out_dir = Path(out_dir)
+    cache = out_dir / "features-minilm-wordnet"
+    if not (cache / "meta.json").exists():
+        print(f"   extracting MiniLM features of 1,200 + 400 WordNet glosses into {cache}", flush=True)
+        extract("minilm", "wordnet", cache, overwrite=True, max_train=1200, max_test=400, progress=True)
+    config = ProbeConfig(
+        heads=("linear", "mlp"), losses=("ce", "lgm"), preset="quick", seeds=3, figure6=True, device="cpu"
+    )
+    result_dir = out_dir / "probe"
+    summary = probe([cache], result_dir, config, overwrite=True)
+    for row in summary["rows"]:
+        print(f"   {row['head']:>6} {row['loss']:>3}: test accuracy {row['mean']:.2f} ± {row['std']:.2f}%")
+    print(f"   tables: {result_dir / 'table_main.md'}, figure: {result_dir / 'figure6.png'}")
+    return result_dir
