@@ -117,7 +117,7 @@ def test_long_documents_are_cut_where_gpt2_ids_do_not_change():
     assert [i for p, _ in pieces for i in tok.encode(p)] == tok.encode(play)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(
     text=st.lists(st.sampled_from(list("ab1 ,.'\n\t\ré日") + ["  ", "'s", "\n\n"]), max_size=150).map(
         "".join
