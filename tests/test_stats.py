@@ -36,6 +36,7 @@ def test_counts_and_priors_match_brute_force(noisy_bytes, noisy_stats):
     assert top["id"] == int(np.bincount(clean).argmax()) == 32 and top["text"] == " "
     assert abs(splits["noise"]["entropy_bits"] - 8.0) < 0.01  # uniform over 256 ids
     assert splits["train (clean)"]["documents"] == shards.splits["train"].documents
+    assert splits["noise"]["documents"] == 0  # uniform noise over [0, 256) holds no end-of-text id
     assert result["noise"]["kind"] == "uniform" and result["noise"]["spans"] == 1
     assert np.array_equal(token_counts(shards, "noise"), np.bincount(noise, minlength=257))
 

@@ -6,7 +6,8 @@ so (a) clean data, (b) noise and (c) validation can be compared as in Fig. 8. Co
 memmaps in chunks (bounded memory).
 
 Writes to ``out`` (default ``DIR/stats``): ``token_priors.png``, ``stats.md`` (a table) and
-``stats.json`` (counts, distinct ids, entropy in bits, top ids with their text, noise record summary).
+``stats.json`` (tokens, documents = end-of-text ids, distinct ids, entropy in bits, top ids with their
+text, noise record summary).
 """
 
 from __future__ import annotations
@@ -86,10 +87,8 @@ def stats(dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[
                 if counts[i] > 0
             ],
         }
-    for name, info in shards.splits.items():
-        key = "train (clean)" if name == "train" and shards.has("noise") else name
-        if key in summary:
-            summary[key]["documents"] = info.documents
+    for name, counts in priors.items():  # documents = end-of-text ids, as in the manifest
+        summary[name]["documents"] = int(counts[shards.eot_id])
     noise = shards.noise
     noise_summary = (
         {k: noise[k] for k in ("kind", "placement", "alpha_requested", "alpha_achieved", "seed")}
@@ -130,9 +129,9 @@ def _table(shards: ShardSet, summary: dict[str, Any], noise: dict[str, Any] | No
     for name, s in summary.items():
         top = ", ".join(f"{t['id']} {t['text']!r} ({t['share']:.2%})" for t in s["top"][:4])
         top = top.replace("|", "\\|")
-        docs = s.get("documents")
+        docs = s["documents"]
         lines.append(
-            f"| {name} | {s['tokens']:,} | {'' if docs is None else f'{docs:,}'} | {s['distinct_ids']:,} "
+            f"| {name} | {s['tokens']:,} | {docs:,} | {s['distinct_ids']:,} "
             f"| {s['entropy_bits']:.3f} | {top} |"
         )
     if noise:
