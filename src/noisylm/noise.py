@@ -30,8 +30,11 @@ Kinds and their parameters (defaults in brackets; the resolved values are record
   set ``source`` (same tokenizer), read in order from a seeded random document start, wrapping
   around when more tokens are needed (``passes`` records how often). End-of-text ids are kept.
 
-`make_sampler` returns a `NoiseSampler` whose ``sample(n)`` continues one stream, so `inject` can
-draw in fixed-size chunks with bounded memory; `generate_noise` is the one-shot form.
+`make_sampler` returns a `NoiseSampler`: ``sample(n)`` continues one stream from its generator, and
+for the kinds without stream state (uniform, boosted, gaussian, histogram) ``sample_with(rng, n)``
+draws from any generator. `inject` uses that to draw chunk k of the noise from the k-th child of
+its noise seed, several chunks at a time on threads, with bounded memory; `generate_noise` is the
+one-shot form (so its output for a seed is not the same sequence `inject` writes for that seed).
 """
 
 from __future__ import annotations
