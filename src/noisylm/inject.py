@@ -101,7 +101,9 @@ def inject(
     fields = set(InjectConfig.__dataclass_fields__)
     kind_params = {k: config.pop(k) for k in list(config) if k not in fields}
     if kind_params:
-        config["params"] = {**config.get("params", {}), **kind_params}
+        config["params"] = {**(config.get("params") or {}), **kind_params}
+    if config.get("params") is None:
+        config.pop("params", None)
     cfg = InjectConfig(alpha=alpha, **config)
     parent = ShardSet.open(src)
     if parent.noise is not None:
