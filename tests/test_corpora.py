@@ -148,3 +148,13 @@ def test_iter_pieces_reports_source_index(tmp_path):
         (tmp_path / name).write_text(name)
     pieces = list(iter_pieces(resolve_inputs([tmp_path])))
     assert [(p.text, p.source, p.ends_document) for p in pieces] == [("a.txt", 0, True), ("b.txt", 1, True)]
+
+
+def test_a_long_stretch_without_spaces_is_cut_at_the_next_safe_point():
+    tok = get_tokenizer("gpt2")
+    text = "x" * 500 + " tail words here\nand more " * 20
+    pieces = list(split_pieces([text], None, piece_chars=100))
+    assert len(pieces[0][0]) == 500  # not cut inside the 500-character word
+    assert [i for p, _ in pieces for i in tok.encode(p)] == tok.encode(text)
+    forced = list(split_pieces(["y" * 1000], None, piece_chars=100))  # no safe point at all
+    assert "".join(p for p, _ in forced) == "y" * 1000 and len(forced) > 1

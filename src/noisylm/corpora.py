@@ -142,10 +142,14 @@ def split_pieces(
         keep = len(separator) - 1 if separator else 0  # a separator may straddle the next chunk
         while len(buf) - keep > piece_chars:
             cut = _safe_cut(buf, piece_chars)
-            if cut == 0:
-                if len(buf) - keep < 8 * piece_chars:
+            if cut == 0:  # none up to the limit: take the first one after it, if any
+                match = _SAFE_CUT.search(buf, piece_chars, len(buf) - keep)
+                if match:
+                    cut = match.start()
+                elif len(buf) - keep < 8 * piece_chars:
                     break  # read more; a safe point may come
-                cut = piece_chars  # no safe point in 8 pieces of text: cut anyway (documented)
+                else:
+                    cut = piece_chars  # no safe point in 8 pieces of text: cut anyway (documented)
             yield buf[:cut], False
             buf = buf[cut:]
             emitted = True
