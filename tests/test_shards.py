@@ -86,11 +86,22 @@ def _flip_noise(p):
     _edit_manifest(p, lambda m: m["splits"]["noise"].update(sha256=None))
 
 
+def _eot_in_noise(p):
+    manifest = json.loads((p / "manifest.json").read_text())
+    offset = manifest["noise"]["spans"][0][0]
+    for file, position in (("noise.bin", 0), ("train.bin", offset)):
+        data = bytearray((p / file).read_bytes())
+        data[2 * position : 2 * position + 2] = np.array([256], dtype=np.uint16).tobytes()
+        (p / file).write_bytes(bytes(data))
+    _edit_manifest(p, lambda m: [m["splits"][s].update(sha256=None) for s in ("train", "noise")])
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
         (_odd_length, "not a multiple of 2"),
         (_big_token, "token id 300 >= vocab size 257"),
+        (_eot_in_noise, "outside the recorded noise range [0, 256)"),
         (_flip_byte, "train.bin sha256 differs"),
         (_flip_noise, "noise.bin differs from train.bin in the span"),
         (lambda p: _edit_manifest(p, lambda m: m["splits"]["train"].update(tokens=5)), "manifest says 5"),

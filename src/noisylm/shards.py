@@ -187,6 +187,7 @@ def verify(path: str | os.PathLike, chunk_tokens: int = 1 << 24) -> list[str]:
         if required not in shards.splits:
             problems.append(f"manifest has no {required!r} split")
     readable: set[str] = set()
+    tops: dict[str, int] = {}  # largest id per split
     for split in shards.splits.values():
         try:
             shards._check_size(split)
@@ -203,6 +204,7 @@ def verify(path: str | os.PathLike, chunk_tokens: int = 1 << 24) -> list[str]:
             chunk = np.asarray(tokens[lo : lo + chunk_tokens])
             top = max(top, int(chunk.max()))
             eots += int(np.count_nonzero(chunk == shards.eot_id))
+        tops[split.name] = top
         if top >= shards.vocab_size:
             problems.append(f"{file} holds token id {top} >= vocab size {shards.vocab_size}")
         if split.documents is not None and split.name in ("train", "val") and split.documents != eots:
@@ -212,6 +214,11 @@ def verify(path: str | os.PathLike, chunk_tokens: int = 1 << 24) -> list[str]:
     record = shards.noise
     if record is not None:
         problems += _verify_noise(shards, record, readable, chunk_tokens)
+        high = (record.get("params") or {}).get("vocab_range", [0, shards.vocab_size])[1]
+        if record.get("kind") != "corpus" and tops.get("noise", -1) >= high:
+            problems.append(
+                f"noise.bin holds id {tops['noise']}, outside the recorded noise range [0, {high})"
+            )
     elif "noise" in shards.splits:
         problems.append("noise.bin is listed but the manifest has no noise record")
     return problems
