@@ -22,6 +22,7 @@ generated in fixed chunks, so the same inputs and seed give byte-identical files
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import mmap
 import os
@@ -371,5 +372,6 @@ def _write_train(
         train_hash, noise_hash = train_out.finish(), noise_out.finish()
         bar.close()
         if src_map is not None:
-            src_map.close()
+            with contextlib.suppress(BufferError):  # a view still held elsewhere: let GC unmap it
+                src_map.close()
     return train_hash, noise_hash, spans, noise_eots
