@@ -197,6 +197,7 @@ class Backbone:
     hash: str = ""
     device: torch.device = torch.device("cpu")
     pixel_max: float = 255.0  # set per dataset by `extract` for image backbones
+    dtype: str = "float32"  # weight precision
 
     def encode(self, batch: list) -> torch.Tensor:
         raise NotImplementedError
@@ -489,15 +490,15 @@ def load_backbone(
     family, path = parse_backbone(spec)
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    if dtype != "float32" and family not in ("hf", "noisylm"):
+    language_model = family in ("hf", "noisylm")
+    if dtype != "float32" and not language_model:
         raise UsageError(f"--dtype {dtype} is for hf: and noisylm: backbones; drop it for {spec}")
-    if family in ("hf", "noisylm"):
-        if pooling is not None and pooling not in ("last", "mean"):
-            raise UsageError(f"unknown pooling {pooling!r}; use last or mean")
-    elif pooling is not None:
+    if pooling is not None and not language_model:
         raise UsageError(
             f"backbone {spec} has a fixed pooling; drop --pooling (it is for hf: and noisylm: models)"
         )
+    if pooling is not None and pooling not in ("last", "mean"):
+        raise UsageError(f"unknown pooling {pooling!r}; use last or mean")
     dev = _resolve_device(device)
     if family == "pixels":
         return Pixels(spec, dev)
@@ -511,9 +512,10 @@ def load_backbone(
     assert path is not None
     if family == "sentence":
         return SentenceEncoder(path, spec, dev, max_length)
-    if family == "hf":
-        return CausalLM(path, spec, dev, pooling or "last", max_length, DTYPES[dtype])
-    return NoisyLMCheckpoint(path, spec, dev, pooling or "last", max_length, DTYPES[dtype])
+    cls = CausalLM if family == "hf" else NoisyLMCheckpoint
+    backbone = cls(path, spec, dev, pooling or "last", max_length, DTYPES[dtype])
+    backbone.dtype = dtype
+    return backbone
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -630,7 +632,7 @@ def extract(
         "template_name": template_name,
         "pooling": model.pooling,
         "max_length": config.max_length if data.kind == "text" else None,
-        "dtype": config.dtype,
+        "dtype": model.dtype,
         "feature_dim": int(features["train"].shape[1]),
         "num_classes": data.num_classes,
         "class_names": list(data.class_names),

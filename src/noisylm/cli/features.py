@@ -47,7 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="cache folder to write")
     parser.add_argument("--template", default=None, help="prompt template name or string with {field}s")
     parser.add_argument(
-        "--pooling", choices=("last", "mean"), default=None, help="for hf:/noisylm: (default last)"
+        "--pooling",
+        choices=("last", "mean"),
+        default=None,
+        help="hf:/noisylm: last-token or mean hidden state; None = last",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=256, help="prompt tokens kept (the end is kept)")
