@@ -667,7 +667,7 @@ def fig7a(folder: Path, curves: dict[str, list[EvalPoint]]) -> str:
     ax.set_ylabel("k = ε / (ε/k)")
     ax.set_title("(a) k over training (h* = the clean run at the same iteration)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, ncol=2)
     _save(fig, folder / "fig7a.png")
     return "fig7a.png"
 
@@ -676,13 +676,24 @@ def fig7b(folder: Path, rows: list[dict[str, Any]]) -> str | None:
     usable = [r for r in rows if "statement" in r]
     if not usable:
         return None
-    fig, axes = _figure(len(usable), 4.4, 3.6)
-    for ax, r in zip(axes, usable, strict=True):
+    from matplotlib.figure import Figure
+
+    ncols = min(3, len(usable))
+    nrows = math.ceil(len(usable) / ncols)
+    fig = Figure(figsize=(4.4 * ncols, 3.4 * nrows), layout="constrained")
+    axes = list(np.ravel(fig.subplots(nrows, ncols, squeeze=False)))
+    for ax in axes[len(usable) :]:
+        ax.set_visible(False)
+    for ax, r in zip(axes, usable, strict=False):
         a, k, p_c, p_n = r["alpha"], r["k"], r["p_c"], r["p_n"]
         eps = np.geomspace(p_c * 1e-5, p_c * 0.999, 400)
         eps = eps[p_n + eps / k <= 1.0]
-        ax.plot(eps, T.mixed_loss(eps, a, k, p_c, p_n), color="C0", label="L(P^m,h)")
-        ax.axhline(T.mixed_loss(0.0, a, k, p_c, p_n), color="grey", linewidth=0.8, label="L(P^m,h*)")
+        curve = T.mixed_loss(eps, a, k, p_c, p_n)
+        ref = T.mixed_loss(0.0, a, k, p_c, p_n)
+        ax.plot(eps, curve, color="C0", label="L(P^m,h)")
+        ax.axhline(ref, color="grey", linewidth=0.8, label="L(P^m,h*)")
+        dip = ref - float(curve.min())  # the curve blows up as ε → p_c: show the region around h*
+        ax.set_ylim(ref - 1.15 * dip - 0.02, ref + max(0.3, 2 * dip))
         if r["eta"] > 0:
             ax.axvline(r["eta"], color="C2", linestyle="--", label="η (the optimum)")
         if r["statement"] in ("3a", "3b") and r["epsilon_bound"] < p_c:
@@ -694,7 +705,7 @@ def fig7b(folder: Path, rows: list[dict[str, Any]]) -> str | None:
         ax.set_title(f"{r['run']}: α={a:.3g}, k={k:.3g}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    axes[0].set_ylabel("L(P^m,h) (nats)")
+        ax.set_ylabel("L(P^m,h) (nats)")
     _save(fig, folder / "fig7b.png")
     return "fig7b.png"
 
