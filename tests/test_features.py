@@ -393,6 +393,14 @@ def test_cli_backbone_package_not_installed(tmp_path, capsys, monkeypatch):
     assert _no_leftovers(out)
 
 
+def test_empty_prompts_are_refused(tiny_gpt2, tmp_path):
+    rows = "".join(f"{'' if i == 5 else f'text {i}'},{i % 2}\n" for i in range(40))
+    (tmp_path / "gaps.csv").write_text("text,label\n" + rows)
+    with pytest.raises(NoisyLMError, match="have an empty prompt"):
+        extract(f"hf:{tiny_gpt2}", tmp_path / "gaps.csv", tmp_path / "out", progress=False)
+    assert _no_leftovers(tmp_path / "out")
+
+
 def test_cli_dataset_problems(tmp_path, capsys):
     (tmp_path / "one.csv").write_text("text,label\n" + "".join(f"t{i},x\n" for i in range(40)))
     (tmp_path / "nolabel.csv").write_text("text,y\n" + "".join(f"t{i},{i % 2}\n" for i in range(40)))

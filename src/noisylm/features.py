@@ -300,7 +300,7 @@ class NoisyLMCheckpoint(Backbone):
         self.hash = _hash_files([ckpt / "model.safetensors"])
 
     def encode(self, batch: list[str]) -> torch.Tensor:
-        # Keep the end of each prompt (the template's cue); an empty prompt becomes one token 0.
+        # Keep the end of each prompt (the template's cue); `extract` refuses empty prompts.
         ids = [self.tokenizer.encode(text)[-self.block_size :] or [0] for text in batch]
         length = max(len(x) for x in ids)
         tokens = torch.zeros(len(ids), length, dtype=torch.long)
@@ -685,6 +685,12 @@ def _run_backbone(
     n = len(inputs)
     if data.kind == "text":
         prompts = [template.format_map(record) for record in inputs]
+        empty = [i for i, p in enumerate(prompts) if not p.strip()]
+        if empty:
+            raise NoisyLMError(
+                f"{len(empty)} {split} examples of {data.name} have an empty prompt "
+                f"(first: example {empty[0]}); fill or drop empty texts, or use a template that adds words"
+            )
         # Longest first: batches of similar length pad less, and an out-of-memory error comes early.
         order = np.argsort([-len(p) for p in prompts], kind="stable")
     else:
