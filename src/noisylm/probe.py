@@ -566,7 +566,8 @@ def figure6(
     resolution: int = 121,
 ) -> dict[str, Any]:
     """Figure 6: predicted labels of heads trained with CE, L2 (‖g(t) − g(t̂)‖₂) and LGM on a random
-    2-D plane through one test feature; green = the correct label. Returns the fraction of the plane
+    2-D plane through one test feature (the MLP head when probed, else the first head kind);
+    green = the correct label. Returns the fraction of the plane
     each head labels correctly (a larger correct region = less sensitive to input perturbations)."""
     import matplotlib
 
@@ -574,7 +575,7 @@ def figure6(
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    head_kind = config.heads[0]
+    head_kind = "mlp" if "mlp" in config.heads else config.heads[0]
     recipe = config.recipe(head_kind)
     index = {
         (r["head"], r["loss"]): r
@@ -623,19 +624,28 @@ def figure6(
     candidates = correct_all.nonzero()[:, 0] if correct_all.any() else torch.arange(len(test_y))
     pick = int(candidates[torch.randint(len(candidates), (1,), generator=rng)])
     point, label = test_x[pick], int(test_y[pick])
-    # A random plane: two orthonormal Gaussian directions. Its radius: the distance from the point to
-    # the nearest class mean of another class, so that the plane reaches other decision regions.
+    # A random plane through the point: two orthonormal Gaussian directions. Its half-width: the
+    # smallest of r0·2^k (r0 = distance to the nearest other-class mean) at which the CE head labels at
+    # most half of the plane correctly, so that all panels show boundaries at one common scale.
     directions, _ = torch.linalg.qr(torch.randn(point.numel(), 2, generator=rng, dtype=torch.float64))
     directions = directions.float()
     train_x, train_y = data.splits["train"]
-    means = torch.stack(
-        [train_x[train_y == c].mean(0) if (train_y == c).any() else point for c in range(data.num_classes)]
-    )
     others = [c for c in range(data.num_classes) if c != label and (train_y == c).any()]
-    radius = float((means[others] - point).norm(dim=1).min()) if others else float(point.norm())
-    steps = torch.linspace(-radius, radius, resolution)
-    a, b = torch.meshgrid(steps, steps, indexing="xy")
-    grid = point + a.reshape(-1, 1) * directions[:, 0] + b.reshape(-1, 1) * directions[:, 1]
+    means = torch.stack([train_x[train_y == c].mean(0) for c in others]) if others else point[None] * 2
+    base_radius = float((means - point).norm(dim=1).min()) or 1.0
+
+    def plane(radius: float) -> torch.Tensor:
+        steps = torch.linspace(-radius, radius, resolution)
+        a, b = torch.meshgrid(steps, steps, indexing="xy")
+        return point + a.reshape(-1, 1) * directions[:, 0] + b.reshape(-1, 1) * directions[:, 1]
+
+    ce_head = next(iter(heads.values()))
+    for k in range(12):
+        radius = base_radius * 2**k
+        with torch.no_grad():
+            if (ce_head(plane(radius).to(device)).argmax(1).cpu() == label).float().mean() <= 0.5:
+                break
+    grid = plane(radius)
 
     palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (4, 5)]  # no greens
     colors = [palette[c % len(palette)] for c in range(data.num_classes)]
