@@ -42,6 +42,10 @@ def test_presets_load_with_the_papers_grid():
     assert (t["batch_size"], t["grad_accum"], t["block_size"], t["max_iters"]) == (16, 40, 1024, 300_000)
     assert (t["learning_rate"], t["min_lr"], paper.tokenizer) == (6e-4, 6e-5, "gpt2")
     assert load_sweep_config("paper-774m").train["model"] == "gpt2-774m"
+    from noisylm.training import TrainConfig
+
+    for name in PRESETS:  # every preset's [train] table is a valid TrainConfig
+        TrainConfig.from_dict({**load_sweep_config(name).train, "data": "x"})
 
 
 def test_overrides_parse_toml_values_and_dotted_keys(tmp_path):

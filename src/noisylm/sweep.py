@@ -300,7 +300,12 @@ def sweep(
         atomic_write_json(out / p["entry"]["train_config"], p["train"])
 
     if print_commands:
-        commands = [p["command"] for p in plan if run_status(out / p["entry"]["run_dir"]) != "finished"]
+        commands = [
+            p["command"]
+            for p in plan
+            if run_status(out / p["entry"]["run_dir"]) != "finished"
+            and (not only or p["entry"]["name"] in only)
+        ]
         summary = write_summary(out)
         summary["commands"] = commands
         atomic_write_text(out / "commands.sh", "\n".join(["#!/bin/sh", "set -e", *commands]) + "\n")
