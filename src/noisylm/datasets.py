@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import gzip
 import importlib.resources
 import json
@@ -321,19 +322,32 @@ def _asset(*parts: str) -> Path:
     return Path(str(importlib.resources.files("noisylm").joinpath("assets", *parts)))
 
 
-def load_wordnet() -> LabelledDataset:
-    """WordNet 3.0 noun glosses labelled with their lexicographer category (26 classes)."""
+@functools.cache
+def _read_wordnet() -> tuple[dict[str, tuple[tuple[str, str], ...]], dict[str, np.ndarray], tuple[str, ...]]:
+    """Parse the bundled file once per process: (gloss, lemma) pairs, labels and class names per split."""
     path = _asset("wordnet", "wordnet_nouns.tsv.gz")
-    records: dict[str, list[dict[str, str]]] = {"train": [], "test": []}
+    rows: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
     labels: dict[str, list[str]] = {"train": [], "test": []}
     with gzip.open(path, "rt", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for row in reader:
-            records[row["split"]].append({"text": row["gloss"], "word": row["lemma"]})
+        for row in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
+            rows[row["split"]].append((row["gloss"], row["lemma"]))
             labels[row["split"]].append(row["category"])
     encoded, class_names = _encode_labels(labels, None, str(path))
-    splits = {s: Split(records[s], encoded[s]) for s in ("train", "test")}
-    return LabelledDataset("wordnet", "text", splits, class_names, ("text", "word"), "bundled:wordnet")
+    for array in encoded.values():
+        array.flags.writeable = False  # shared between calls
+    return {s: tuple(r) for s, r in rows.items()}, encoded, tuple(class_names)
+
+
+def load_wordnet() -> LabelledDataset:
+    """WordNet 3.0 noun glosses labelled with their lexicographer category (26 classes).
+
+    Records have fields `text` (the gloss) and `word` (the synset's first lemma)."""
+    rows, labels, class_names = _read_wordnet()
+    splits = {
+        s: Split([{"text": gloss, "word": lemma} for gloss, lemma in rows[s]], labels[s])
+        for s in ("train", "test")
+    }
+    return LabelledDataset("wordnet", "text", splits, list(class_names), ("text", "word"), "bundled:wordnet")
 
 
 def load_digits() -> LabelledDataset:

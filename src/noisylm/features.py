@@ -642,7 +642,7 @@ def extract(
     }
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for split in SPLITS:
-            labels = torch.from_numpy(np.asarray(data.splits[split].labels, dtype=np.int64))
+            labels = torch.tensor(np.asarray(data.splits[split].labels), dtype=torch.int64)  # a copy
             save_file(
                 {"features": features[split].contiguous(), "labels": labels.contiguous()},
                 str(tmp / f"{split}.safetensors"),
