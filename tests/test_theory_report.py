@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -324,3 +325,23 @@ def test_cli_supplied_k_and_bad_inputs(tiny_sweep, tmp_path, capsys):
     assert "--k -1.0 must be a positive number" in capsys.readouterr().err
     assert main(["theory", str(tmp_path / "missing")]) == 1
     assert "not a sweep directory" in capsys.readouterr().err
+
+
+def test_multilingual_text_uses_prop1_with_k_1(tmp_path):
+    run = R.RunInfo("corpus-a0.55", "corpus", 0.55, {"source": "docs"}, tmp_path, tmp_path, {})
+    p_c, p_n = math.exp(-2.9), math.exp(-2.8)  # Fig. 9's numbers
+    row = {
+        "statement": "3b",
+        "alpha": 0.55,
+        "p_c": p_c,
+        "p_n": p_n,
+        "k": 1.0,
+        "measured_epsilon": 0.001,
+        "predicted_increase_optimum": 0.05411,
+        "predicted_increase_bound": 0.1113,
+        "measured_increase": 0.02,
+        "measured_increase_se": 0.001,
+    }
+    (text,) = R._multilingual_texts([run], [row])
+    assert "statement (3b)" in text and "0.0541 nats at the optimum" in text and "at most 0.1109" in text
+    assert R._multilingual_texts([dataclasses.replace(run, kind="uniform")], [row]) == []

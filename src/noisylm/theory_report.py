@@ -857,6 +857,7 @@ def _theory(root: Path, config: TheoryConfig, clean: RunInfo, noisy: list[RunInf
             )
         name, caption = fig9(folder)
         items.append({"type": "figure", "path": name, "caption": caption})
+        items += [{"type": "text", "text": text} for text in _multilingual_texts(noisy, predictions)]
         if lemma_rows:
             items.append(write_table(folder, "lemma1", lemma_rows, _CAPTION_LEMMA1))
             items.append({"type": "text", "text": _lemma1_text(lemma_rows)})
@@ -949,6 +950,27 @@ _CAPTION_LEMMA1 = (
     "crossing_excess_*: their mean extra loss, measured on windows that straddle a boundary; expected_gap = "
     "share × excess."
 )
+
+
+def _multilingual_texts(runs: list[RunInfo], rows: list[dict[str, Any]]) -> list[str]:
+    """Sec. 3.5 / App. D.3: a second real corpus as P^n (inject kind ``corpus``)."""
+    texts = []
+    for run, r in zip(runs, rows, strict=True):
+        if run.kind != "corpus" or "statement" not in r:
+            continue
+        p1 = T.proposition1(r["alpha"], 1.0, r["p_c"], r["p_n"])
+        texts.append(
+            f"Multilingual reading (Sec. 3.5) — {run.name}: a second real corpus "
+            f"({run.params.get('source', '?')}) is P^n at α = {r['alpha']:.3g}. p_c = {r['p_c']:.4g}, "
+            f"p_n = {r['p_n']:.4g} (ratio {r['p_n'] / r['p_c']:.3g}); with the paper's k = 1 Prop. 1 gives "
+            f"statement ({p1.statement}), η = {p1.eta:.4g}, a clean-loss increase of "
+            f"{p1.clean_loss_increase_optimum:.4f} nats at the optimum and at most "
+            f"{p1.clean_loss_increase_upper_exact:.4f}; with the measured k = {r['k']:.3g}: "
+            f"{r['predicted_increase_optimum']:.4f} / {r['predicted_increase_bound']:.4f}. Measured: "
+            f"ε = {r['measured_epsilon']:.4g}, increase {r['measured_increase']:+.4f} ± "
+            f"{r['measured_increase_se']:.4f} nats. The paper predicts ε ≈ 0 when p_c ≈ p_n."
+        )
+    return texts
 
 
 def _lemma1_text(rows: list[dict[str, Any]]) -> str:
