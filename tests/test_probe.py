@@ -91,7 +91,7 @@ def test_tables_have_the_paper_layout(digits_probe):
     out, summary, _ = digits_probe
     main_md = (out / "table_main.md").read_text().splitlines()
     header = main_md[2]
-    assert "digits Linear" in header and "digits Mlp" in header and "Avg Linear" in header
+    assert "digits Linear" in header and "digits MLP" in header and "Avg Linear" in header
     rows = [line.split("|")[1].strip() for line in main_md[4:]]
     assert rows == ["pixels", "pixels + L_gm"]
     ce_linear = next(r for r in summary["rows"] if (r["head"], r["loss"]) == ("linear", "ce"))
@@ -210,10 +210,12 @@ def test_cli_probe(digits_cache, tmp_path, capsys):
         "--no-figure6",
         "--no-progress",
     ]
-    assert main(args) == 0
+    assert main([*args, "--sensitivity", "paper"]) == 0
     assert "pixels / digits / linear / lgm: test accuracy" in capsys.readouterr().out
+    assert "γ=0.001 λ=0.001" in (out / "table_sensitivity.md").read_text()
     assert main(args) == 1  # exists, no --overwrite
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert main(["probe", str(tmp_path / "nope"), "--out", str(tmp_path / "o2"), "--no-progress"]) == 1
     assert "feature cache" in capsys.readouterr().err
     assert main([*args[:-2], "--losses", "ce", "sam", "--overwrite"]) == 2
+    assert "unknown loss 'sam'" in capsys.readouterr().err

@@ -53,6 +53,7 @@ LOSS_LABELS = {
     "cosine": " + (1 − cos)",
     "l2-output": " + L2 (‖g(t) − g(t̂)‖₂)",
 }
+HEAD_LABELS = {"linear": "Linear", "mlp": "MLP"}
 PAPER_SENSITIVITY = ((0.001, 0.001), (0.05, 0.05), (0.1, 0.1))  # Table 6
 
 
@@ -486,10 +487,10 @@ def _cell(row: dict[str, Any] | None) -> str:
 
 def _table(row_names: list[str], lookup, columns: list[tuple[str, str]], heads: tuple[str, ...], avg: bool):
     """Rows × (dataset, head) cells; `lookup(row_name, dataset, head)` -> row dict or None."""
-    md_head = ["", *[f"{d} {h.capitalize()}" for d, h in columns]]
+    md_head = ["", *[f"{d} {HEAD_LABELS[h]}" for d, h in columns]]
     csv_head = ["method", *[f"{d} {h} {s}" for d, h in columns for s in ("mean", "std")]]
     if avg:
-        md_head += [f"Avg {h.capitalize()}" for h in heads]
+        md_head += [f"Avg {HEAD_LABELS[h]}" for h in heads]
         csv_head += [f"Avg {h}" for h in heads]
     md = ["| " + " | ".join(md_head) + " |", "|" + "---|" * len(md_head)]
     csv = [",".join(_csv(c) for c in csv_head)]

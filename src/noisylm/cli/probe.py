@@ -22,11 +22,13 @@ writes OUT/: probe.json, results.jsonl (one line per training run), summary.json
 examples:
   noisylm probe feats/wn-minilm --out probes/wn
   noisylm probe feats/a feats/b --heads linear --losses ce lgm norm cosine --seeds 5 --out probes/ablation
-  noisylm probe feats/dtd-effnet --preset vision --sensitivity 0.001:0.001 0.05:0.05 0.1:0.1 --out probes/t6
+  noisylm probe feats/dtd-effnet --preset vision --sensitivity paper --out probes/t6
 """
 
 
-def _pair(text: str) -> tuple[float, float]:
+def _pair(text: str) -> tuple[float, float] | None:
+    if text == "paper":
+        return None  # Table 6's pairs, filled in by run_probe
     try:
         gamma, lam = text.split(":")
         return float(gamma), float(lam)
@@ -60,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         default=[],
         metavar="G:L",
-        help="(gamma, lambda) pairs: Table 6",
+        help="(gamma, lambda) pairs for Table 6, or `paper` for its three pairs",
     )
     parser.add_argument("--no-figure6", action="store_true", help="skip Figure 6")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -73,7 +75,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from noisylm.probe import ProbeConfig, probe
+    from noisylm.probe import PAPER_SENSITIVITY, ProbeConfig, probe
+
+    pairs = [p for p in args.sensitivity if p is not None]
+    if None in args.sensitivity:
+        pairs += [p for p in PAPER_SENSITIVITY if p not in pairs]
 
     config = ProbeConfig(
         heads=tuple(args.heads),
@@ -85,7 +91,7 @@ def run_probe(args: argparse.Namespace) -> int:
         gammas=tuple(args.gamma),
         lams=tuple(args.lam),
         seeds=args.seeds,
-        sensitivity=tuple(args.sensitivity),
+        sensitivity=tuple(pairs),
         figure6=not args.no_figure6,
         device=args.device,
         threads=args.threads or None,
