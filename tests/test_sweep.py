@@ -188,6 +188,10 @@ def test_rerun_skips_finished_runs(finished_sweep, tmp_path, tiny_config, capsys
     assert summary["counts"]["finished"] == len(RUNS)
     assert {n: (out / "runs" / n / "metrics.jsonl").read_bytes() for n in RUNS} == before
     assert capsys.readouterr().err.count("finished, skipped") == len(RUNS)
+    relaunched = tiny_config()  # launch and logging settings do not change the numbers: accepted
+    relaunched.train.update(progress=True, threads=2)
+    relaunched.launcher = "torchrun"
+    assert sweep(relaunched, out)["counts"]["finished"] == len(RUNS)
     changed = tiny_config()
     changed.train["max_iters"] = 13
     with pytest.raises(NoisyLMError, match="different settings .*train"):

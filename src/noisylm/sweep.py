@@ -355,11 +355,24 @@ def _claim_sweep_dir(out: Path, config: SweepConfig, overwrite: bool) -> None:
 
 def _config_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     """The first setting that changes results between two sweep configs ('' when none)."""
-    launch_only = {"launcher", "nproc_per_node"}
+    old, new = _results_only(old), _results_only(new)
     for key in sorted(set(old) | set(new)):
-        if key not in launch_only and old.get(key) != new.get(key):
+        if old.get(key) != new.get(key):
             return f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
     return ""
+
+
+# Settings that change how runs are launched or logged, not their numbers: a sweep may resume with others.
+LAUNCH_ONLY = {"launcher", "nproc_per_node"}
+TRAIN_LAUNCH_ONLY = {"progress", "tensorboard", "wandb_project", "wandb_run_name", "threads", "log_interval"}
+
+
+def _results_only(config: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in config.items() if k not in LAUNCH_ONLY}
+    train = kept.get("train")
+    if isinstance(train, dict):
+        kept["train"] = {k: v for k, v in train.items() if k not in TRAIN_LAUNCH_ONLY}
+    return kept
 
 
 def _remove_tree(path: Path) -> None:
@@ -466,7 +479,12 @@ def _plan_run(config: SweepConfig, out: Path, run: RunSpec, data: dict[str, Any]
         "run_dir": _rel(run_dir, out),
         "train_config": _rel(config_path, out),
     }
-    return {"entry": entry, "train": train, "command": train_command(config, config_path, run_dir)}
+    return {
+        "entry": entry,
+        "train": train,
+        "config_path": config_path,
+        "command": train_command(config, config_path, run_dir),
+    }
 
 
 def train_config_for(config: SweepConfig, data_dir: Path, domains: dict[str, Path]) -> dict[str, Any]:
@@ -480,17 +498,31 @@ def train_config_for(config: SweepConfig, data_dir: Path, domains: dict[str, Pat
 
 def train_command(config: SweepConfig, config_path: Path, run_dir: Path) -> str:
     """The shell command that trains (or resumes) one run; what a cluster scheduler launches."""
+    return shlex.join(_train_argv(config, config_path, run_dir, head=None))
+
+
+def _train_argv(config: SweepConfig, config_path: Path, run_dir: Path, head: list[str] | None) -> list[str]:
     args = ["train", str(config_path), "--out", str(run_dir), "--resume"]
     if config.launcher == "torchrun":
-        head = ["torchrun", "--standalone", f"--nproc_per_node={config.nproc_per_node}", "-m", "noisylm"]
-    else:
-        head = ["noisylm"]
-    return shlex.join(head + args)
+        launcher = head or ["torchrun"]
+        return [
+            *launcher,
+            "--standalone",
+            f"--nproc_per_node={config.nproc_per_node}",
+            "-m",
+            "noisylm",
+            *args,
+        ]
+    return [*(head or ["noisylm"]), *args]
 
 
 def _train_one(config: SweepConfig, plan: dict[str, Any], run_dir: Path, resume: bool) -> None:
     if config.launcher == "torchrun":
-        result = subprocess.run(shlex.split(plan["command"]), check=False)
+        # This interpreter's torchrun, whatever is on PATH.
+        argv = _train_argv(
+            config, plan["config_path"], run_dir, head=[sys.executable, "-m", "torch.distributed.run"]
+        )
+        result = subprocess.run(argv, check=False)
         if result.returncode != 0:
             raise NoisyLMError(f"torchrun exited with code {result.returncode}; see its output above")
         return
