@@ -329,9 +329,12 @@ def _cross_entropy_rows(hidden, weight, targets, chunk_tokens, ignore_index) -> 
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Loss and both gradients in one chunked pass; ``backward`` only scales the stored gradients."""
+
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_tokens, reduction, ignore_index):
         dtype = _compute_dtype(hidden)
+        n_rows, vocab = hidden.size(0), weight.size(0)
         with torch.autocast(hidden.device.type, enabled=False):
             h_all = hidden.to(dtype)
             w = weight.to(dtype)
@@ -339,16 +342,24 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             has_ignored = not bool(valid.all())
             safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
             grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+            grad_weight = torch.empty_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            for start in range(0, hidden.size(0), chunk_tokens):
-                end = min(start + chunk_tokens, hidden.size(0))
+            # One float32 logits buffer, reused by every chunk (fresh large allocations cost page faults).
+            buffer = torch.empty(min(chunk_tokens, n_rows), vocab, dtype=torch.float32, device=hidden.device)
+            for start in range(0, n_rows, chunk_tokens):
+                end = min(start + chunk_tokens, n_rows)
                 h = h_all[start:end]
                 t = safe_targets[start:end, None]
-                logits = (h @ w.t()).float()
-                lse = torch.logsumexp(logits, dim=1, keepdim=True)
-                row_loss = lse - logits.gather(1, t)
-                grad_logits = logits.sub_(lse).exp_()  # softmax, in place: no second logits-sized buffer
+                logits = buffer[: end - start]
+                if dtype == torch.float32:
+                    torch.mm(h, w.t(), out=logits)
+                else:
+                    logits.copy_(h @ w.t())
+                # Row-wise fused log-softmax, in place (each row is read before it is written), then
+                # exp: the softmax, without another logits-sized buffer or extra passes over memory.
+                torch.log_softmax(logits, dim=1, out=logits)
+                row_loss = -logits.gather(1, t)
+                grad_logits = logits.exp_()
                 grad_logits.scatter_add_(1, t, torch.full_like(row_loss, -1.0))  # minus one-hot
                 if has_ignored:
                     mask = valid[start:end, None]
@@ -357,14 +368,23 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 loss += row_loss.sum()
                 grad_logits = grad_logits.to(dtype)
                 if grad_hidden is not None:
-                    grad_hidden[start:end] = grad_logits @ w
-                if grad_weight is not None:
-                    if dtype == torch.float32:
-                        grad_weight.addmm_(grad_logits.t(), h)
+                    if grad_hidden.dtype == dtype:
+                        torch.mm(grad_logits, w, out=grad_hidden[start:end])
                     else:
-                        grad_weight += (grad_logits.t() @ h).float()
-            scale = 1.0 / valid.sum().clamp(min=1).float() if reduction == "mean" else None
-            if scale is not None:
+                        grad_hidden[start:end] = grad_logits @ w
+                if grad_weight is not None:
+                    if dtype != torch.float32:
+                        update = (grad_logits.t() @ h).float()
+                        if start == 0:
+                            grad_weight.copy_(update)
+                        else:
+                            grad_weight.add_(update)
+                    elif start == 0:
+                        torch.mm(grad_logits.t(), h, out=grad_weight)
+                    else:
+                        grad_weight.addmm_(grad_logits.t(), h)
+            if reduction == "mean":
+                scale = 1.0 / valid.sum().clamp(min=1).float()
                 loss = loss * scale
                 if grad_hidden is not None:
                     grad_hidden.mul_(scale.to(grad_hidden.dtype))
@@ -379,6 +399,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_output.device.type == "cpu" and grad_output.item() == 1.0:  # no copy for a plain .backward()
+            return (
+                (grad_hidden if ctx.needs_input_grad[0] else None),
+                (grad_weight if ctx.needs_input_grad[1] else None),
+                None,
+                None,
+                None,
+                None,
+            )
         gh = grad_hidden * grad_output.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
         gw = grad_weight * grad_output.to(grad_weight.dtype) if ctx.needs_input_grad[1] else None
         return gh, gw, None, None, None, None

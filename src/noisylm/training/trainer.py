@@ -496,7 +496,7 @@ class _Loop:
                 bar.set_postfix(
                     loss=f"{log_loss / log_steps:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False
                 )
-                log_loss, log_steps, log_tokens = 0.0, 0, 0
+                log_loss, log_steps, log_tokens, log_time = 0.0, 0, 0, now
             bar.update(1)
             paused = time.perf_counter()
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
