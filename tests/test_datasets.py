@@ -212,6 +212,12 @@ def test_jsonl_split_folder_with_text_pairs_and_integer_labels(tmp_path):
     assert data.splits["val"].labels[3] == 1
 
 
+def test_json_float_and_int_labels_are_one_class(tmp_path):
+    rows = [{"text": f"t{i}", "label": [0, 1.0, 1, 0.0][i % 4]} for i in range(40)]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_dataset(tmp_path / "mixed.jsonl").class_names == ["0", "1"]
+
+
 def test_numeric_labels_sort_numerically(tmp_path):
     rows = [{"text": f"x{i}", "label": str(i % 11)} for i in range(220)]
     data = load_dataset(_write_csv(tmp_path / "eleven.tsv", rows, delimiter="\t"))

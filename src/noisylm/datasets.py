@@ -302,7 +302,11 @@ def _encode_labels(values_by_split: dict[str, list], class_names: list[str] | No
     """Map raw label values to 0..C-1. Integer-like labels sort numerically, others as strings."""
     if class_names is not None:
         return {s: np.asarray(v, dtype=np.int64) for s, v in values_by_split.items()}, class_names
-    as_text = {s: [str(x).strip() for x in v] for s, v in values_by_split.items()}
+
+    def as_str(x: Any) -> str:  # JSON 1.0 and 1 are the same class
+        return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x).strip()
+
+    as_text = {s: [as_str(x) for x in v] for s, v in values_by_split.items()}
     for split, values in as_text.items():
         if any(x == "" or x.lower() in ("nan", "none", "null") for x in values):
             raise NoisyLMError(
