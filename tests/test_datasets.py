@@ -383,6 +383,16 @@ def test_nonexistent_path_and_unknown_format(tmp_path):
         load_dataset(tmp_path / "empty")
 
 
+def test_caps_keep_rare_classes():
+    labels = np.array([0] * 50 + [1] * 49 + [2])
+    _, held = stratified_split(labels, 10, seed=0, keep_one=False)
+    assert np.bincount(labels[held]).tolist() == [5, 5]  # proportional: class 2 (1%) rounds to 0
+    _, held = stratified_split(labels, 99, seed=0, keep_one=False)
+    assert np.bincount(labels[held]).tolist() == [49, 49, 1]  # largest remainders: 0.99, 0.51
+    _, held = stratified_split(labels, 100, seed=0, keep_one=False)
+    assert sorted(held.tolist()) == list(range(100))
+
+
 def test_split_subset_keeps_pairs_aligned():
     split = Split([{"text": str(i)} for i in range(5)], np.arange(5))
     sub = split.subset(np.array([4, 1]))

@@ -110,17 +110,21 @@ class LabelledDataset:
 # ----------------------------------------------------------------------------- splitting
 
 
-def stratified_split(labels: np.ndarray, n_held: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, n_held: int, seed: int, keep_one: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (kept, held) with ``n_held`` held out, class proportions preserved.
 
     Each class c gets floor(n_held * n_c / N) held examples, the rest go to the classes with the largest
-    remainders; a class never gives up its last example. Seeded, so the same call gives the same split.
+    remainders; with `keep_one` a class never gives up its last example (so it stays in the kept part).
+    Seeded, so the same call gives the same split.
     """
     labels = np.asarray(labels)
     n = len(labels)
     classes, counts = np.unique(labels, return_counts=True)
     quota = n_held * counts / max(n, 1)
-    take = np.minimum(np.floor(quota).astype(int), counts - 1)
+    most = counts - 1 if keep_one else counts
+    take = np.minimum(np.floor(quota).astype(int), most)
     order = np.argsort(-(quota - take), kind="stable")
     short = n_held - int(take.sum())
     while short > 0:
@@ -128,7 +132,7 @@ def stratified_split(labels: np.ndarray, n_held: int, seed: int) -> tuple[np.nda
         for i in order:
             if short == 0:
                 break
-            if take[i] < counts[i] - 1:
+            if take[i] < most[i]:
                 take[i] += 1
                 short -= 1
                 progressed = True
@@ -160,7 +164,7 @@ def _hold_out(split: Split, fraction: float, seed: int, what: str, name: str) ->
 def _cap(split: Split, limit: int | None, seed: int) -> Split:
     if limit is None or len(split) <= limit:
         return split
-    _, keep = stratified_split(split.labels, limit, seed)
+    _, keep = stratified_split(split.labels, limit, seed, keep_one=False)
     return split.subset(keep)
 
 
