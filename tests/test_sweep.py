@@ -294,3 +294,15 @@ def test_failed_runs_are_recorded_and_skipped(tmp_path, tiny_config, capsys):
     assert "Failed runs" in (out / "summary.md").read_text()
     sweep(config, out)
     assert capsys.readouterr().err.count("failed, skipped") == 3
+
+
+def test_bundled_domain_is_tokenized_like_the_clean_shards(tmp_path, shakespeare_bytes):
+    config = SweepConfig(
+        data=str(shakespeare_bytes), domains={"docs": "python-docs"}, train={"model": "tiny"}
+    )
+    assert config.tokenizer == "gpt2"  # the default, used only when `data` is a bundled corpus
+    sweep(config, tmp_path / "s", print_commands=True)
+    manifest = json.loads((tmp_path / "s" / "data" / "docs" / "manifest.json").read_text())
+    assert manifest["tokenizer"] == "bytes" and manifest["splits"]["val"]["tokens"] > 0
+    meta = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert meta["domains"] == {"docs": "data/docs"} and [r["name"] for r in meta["runs"]] == ["clean"]

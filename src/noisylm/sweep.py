@@ -399,14 +399,15 @@ def _prepare_data(config: SweepConfig, out: Path, grid: list[RunSpec]) -> dict[s
             f"sweep {config.name!r} has no clean corpus; set data = a bundled corpus name or a shard set "
             "made with `noisylm prepare` (e.g. --set data=/data/openwebtext)"
         )
-    clean = _corpus(config.data, out / "data" / "clean", config.tokenizer)
-    domains = {
-        name: _corpus(source, out / "data" / name, config.tokenizer)
-        for name, source in config.domains.items()
-    }
     from noisylm.shards import ShardSet
 
+    clean = _corpus(config.data, out / "data" / "clean", config.tokenizer)
     clean_set = ShardSet.open(clean)
+    # Bundled domains are tokenized like the clean corpus, whichever way that was prepared.
+    domains = {
+        name: _corpus(source, out / "data" / name, clean_set.tokenizer)
+        for name, source in config.domains.items()
+    }
     for name, path in domains.items():
         other = ShardSet.open(path)
         if other.tokenizer != clean_set.tokenizer or other.vocab_size != clean_set.vocab_size:
@@ -602,6 +603,7 @@ def write_summary(sweep_dir: str | os.PathLike) -> dict[str, Any]:
             s: sum(r["status"] == s for r in rows) for s in ("finished", "interrupted", "pending", "failed")
         },
         "runs": rows,
+        "provenance": provenance({"sweep_dir": str(out)}, meta["config"].get("seed")),
     }
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", summary_markdown(summary))
