@@ -279,7 +279,7 @@ class _FusedLinearLGM(torch.autograd.Function):
     """CE and L_gm of a linear head with a hand-derived backward (features get no gradient).
 
     Takes X = [T; Δ] stacked. Forward as `_linear_closed_form`. Backward, with U = (D_W, D_b)/L_gm:
-      ∂L/∂M = X U_Wᵀ / B (+ U_bᵀ/B on the top half), M = [P − P̂; −γ(P̂ − Y)],
+      ∂L/∂M = X U_Wᵀ / B (+ U_bᵀ/B on the top half) =: H, M = [P − P̂; −γ(P̂ − Y)],
       ∂L/∂P = H_top, ∂L/∂P̂ = −H_top − γ H_bot, softmax'ᵀ(p, g) = p ⊙ (g − ⟨p, g⟩),
       ∂/∂Z = g_ce (P − Y)/B + g_pen (sm(P, H_top) + sm(P̂, ∂L/∂P̂)), ∂/∂(ΔWᵀ) = g_pen γ sm(P̂, ∂L/∂P̂),
       ∂W = [∂Z; ∂(ΔWᵀ)]ᵀ X, ∂b = ∂Z ᵀ 1.
@@ -287,43 +287,44 @@ class _FusedLinearLGM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, bias, both, labels, gamma):
-        batch, num_classes = both.shape[0] // 2, weight.shape[0]
-        products = both @ weight.T
+        # Few, large ops: at probe sizes the step is bound by per-op overhead, not by FLOPs.
+        batch = both.shape[0] // 2
+        products = torch.mm(both, weight.t())
         logits = products[:batch] if bias is None else products[:batch] + bias
-        logits_hat = logits + gamma * products[batch:]
+        logits_hat = torch.add(logits, products[batch:], alpha=gamma)
         log_probs = torch.log_softmax(logits, 1)
         probs, probs_hat = log_probs.exp(), torch.softmax(logits_hat, 1)
-        ce = -log_probs.gather(1, labels[:, None]).mean()
-        onehot = F.one_hot(labels, num_classes).to(probs.dtype)
+        ce = F.nll_loss(log_probs, labels)
+        onehot = torch.zeros_like(probs).scatter_(1, labels[:, None], 1.0)
         prob_diff = probs - probs_hat
-        coeffs = torch.cat([prob_diff, -gamma * (probs_hat - onehot)])
-        grad_w = coeffs.T @ both / batch
-        grad_b = prob_diff.sum(0) / batch if bias is not None else None
-        sq = grad_w.pow(2).sum() + (grad_b.pow(2).sum() if grad_b is not None else 0)
-        norm = sq.sqrt()  # the backward below handles norm = 0 itself
-        ctx.save_for_backward(both, probs, probs_hat, onehot, grad_w, grad_b, norm)
-        ctx.gamma, ctx.has_bias = gamma, bias is not None
+        coeffs = torch.cat([prob_diff, (onehot - probs_hat).mul_(gamma)])
+        raw_w = torch.mm(coeffs.t(), both)  # B·D_W
+        raw_b = prob_diff.sum(0) if bias is not None else None  # B·D_b
+        raw_norm = torch.linalg.vector_norm(raw_w)
+        if raw_b is not None:
+            raw_norm = torch.hypot(raw_norm, torch.linalg.vector_norm(raw_b))
+        ctx.save_for_backward(both, probs, probs_hat, onehot, raw_w, raw_b, raw_norm)
+        ctx.gamma = gamma
         ctx.mark_non_differentiable(logits)
-        return ce, norm, logits
+        return ce, raw_norm / batch, logits
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ce, grad_pen, _grad_logits):
-        both, probs, probs_hat, onehot, grad_w, grad_b, norm = ctx.saved_tensors
+        both, probs, probs_hat, onehot, raw_w, raw_b, raw_norm = ctx.saved_tensors
         gamma, batch = ctx.gamma, probs.shape[0]
-        grad_logits = (probs - onehot) * (grad_ce / batch)
-        # Scale U by g_pen/(L·B) once; U = 0 when L = 0 (no NaN at γ = 0).
-        scale = torch.where(norm > 0, grad_pen / (norm.clamp_min(1e-30) * batch), torch.zeros_like(norm))
-        h = both @ (grad_w.T * scale)  # [2B, C]
+        # U/B = raw/(‖raw‖·B); where ‖raw‖ = 0 (γ = 0) raw is 0 too, so the clamp gives U = 0, not NaN.
+        scale = grad_pen / (raw_norm.clamp_min(1e-30) * batch)
+        h = torch.mm(both, (raw_w * scale).t())  # [2B, C]
         h_top, h_bot = h[:batch], h[batch:]
-        if grad_b is not None:
-            h_top = h_top + grad_b * scale
-        g_hat = -h_top - gamma * h_bot
+        if raw_b is not None:
+            h_top = h_top + raw_b * scale
+        g_hat = torch.add(h_top, h_bot, alpha=gamma).neg_()
         sm = probs * (h_top - (probs * h_top).sum(1, keepdim=True))
         sm_hat = probs_hat * (g_hat - (probs_hat * g_hat).sum(1, keepdim=True))
-        grad_logits = grad_logits + sm + sm_hat
-        grad_weight = torch.cat([grad_logits, gamma * sm_hat]).T @ both
-        grad_bias = grad_logits.sum(0) if ctx.has_bias else None
+        grad_logits = (probs - onehot).mul_(grad_ce / batch).add_(sm).add_(sm_hat)
+        grad_weight = torch.mm(torch.cat([grad_logits, sm_hat.mul_(gamma)]).t(), both)
+        grad_bias = grad_logits.sum(0) if raw_b is not None else None
         return grad_weight, grad_bias, None, None, None
 
 
