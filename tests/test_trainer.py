@@ -185,6 +185,9 @@ def test_resume_ignores_half_written_checkpoint_and_extends(tmp_path, shakespear
 def test_resume_of_missing_directory_starts_fresh(tmp_path, shakespeare_bytes):
     summary = train(config(shakespeare_bytes, max_iters=2), tmp_path / "new", resume=True)
     assert summary["status"] == "finished" and summary["resumed_from"] is None
+    again = train(config(shakespeare_bytes, max_iters=2), tmp_path / "new", resume=True)  # nothing left
+    assert again["iterations"] == 2 and again["eval"] == summary["eval"]
+    assert len(train_losses(tmp_path / "new")) == 2
 
 
 # ---------------------------------------------------------------------------------------------------------

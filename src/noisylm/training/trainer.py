@@ -236,10 +236,19 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dd
     model_config = config.model_config(vocab)
     shards, windows, eval_sets = open_training_data(config, model_config.block_size)
     data_record = _data_record(shards)
-    resume_from = _prepare_run_dir(run_dir, resume, overwrite, model_config, data_record)
-    if ddp.world > 1:  # every rank must agree on where to start
-        shared = [str(resume_from) if resume_from else None]
+    if ddp.world == 1:
+        resume_from = _prepare_run_dir(run_dir, resume, overwrite, model_config, data_record)
+    else:  # rank 0 checks the run directory (the others would race with it) and tells them
+        shared: list[Any] = [None, None]
+        if ddp.is_main:
+            try:
+                found = _prepare_run_dir(run_dir, resume, overwrite, model_config, data_record)
+                shared = [str(found) if found else None, None]
+            except NoisyLMError as exc:
+                shared = [None, str(exc)]
         dist.broadcast_object_list(shared, src=0)
+        if shared[1] is not None:
+            raise NoisyLMError(shared[1])
         resume_from = Path(shared[0]) if shared[0] else None
 
     torch.manual_seed(config.seed)  # identical initial weights for every run with this seed
@@ -251,7 +260,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dd
     )
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-    start_iter, tokens, clean_tokens = 0, 0, 0
+    start_iter, tokens, clean_tokens, last_eval = 0, 0, 0, {}
     if resume_from is not None:
         state = ckpt_io.read_trainer_state(resume_from)
         ckpt_io.load_weights(model, resume_from)
@@ -270,6 +279,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dd
             int(state["tokens"]),
             int(state["clean_tokens"]),
         )
+        last_eval = state.get("eval") or {}
         if len(rng_states) == ddp.world:
             ckpt_io.set_rng_state(rng_states[ddp.rank], device)
         else:  # a different number of processes: dropout masks cannot continue exactly
@@ -321,6 +331,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dd
     loop = _Loop(
         config, run_dir, ddp, device, model, compiled, optimizer, scaler, autocast, windows, eval_sets, logger
     )
+    loop.last_eval = last_eval  # a resumed run that has nothing left to do still reports its losses
     try:
         return loop.run(start_iter, tokens, clean_tokens, resume_from)
     finally:
@@ -511,7 +522,7 @@ class _Loop:
             "iterations": it,
             "tokens": tokens,
             "clean_tokens": clean_tokens,
-            "train_loss": train_loss,
+            "train_loss": train_loss if math.isfinite(train_loss) else None,
             "eval": self.last_eval,
             "checkpoint": str(last) if last else None,
             "wall_s": time.perf_counter() - started,
