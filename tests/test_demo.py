@@ -15,6 +15,7 @@ QUICK = [
     "train.checkpoint_interval=2",
     "train.progress=false",
     "train.tensorboard=false",
+    "train.threads=1",
 ]
 
 
