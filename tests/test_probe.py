@@ -219,3 +219,17 @@ def test_cli_probe(digits_cache, tmp_path, capsys):
     assert "feature cache" in capsys.readouterr().err
     assert main([*args[:-2], "--losses", "ce", "sam", "--overwrite"]) == 2
     assert "unknown loss 'sam'" in capsys.readouterr().err
+
+
+def test_probe_on_real_minilm_wordnet_features(wordnet_minilm_cache, tmp_path):
+    """The demo's path on a small real cache: MiniLM features of WordNet glosses, 26 classes."""
+    config = ProbeConfig(
+        heads=("linear",), losses=("ce", "lgm"), preset="quick", epochs=6, lrs=(3e-3,), batch_sizes=(32,),
+        seeds=2, figure6=False, device="cpu", progress=False,
+    )  # fmt: skip
+    summary = probe([wordnet_minilm_cache], tmp_path / "wn", config)
+    majority = 100 * torch.bincount(load_probe_data(wordnet_minilm_cache).splits["test"][1]).max().item() / 78
+    for row in summary["rows"]:
+        assert (row["backbone"], row["dataset"]) == ("minilm", "wordnet")
+        assert row["mean"] > majority + 15  # well above the majority class
+    assert "| minilm + L_gm |" in (tmp_path / "wn" / "table_main.md").read_text()
