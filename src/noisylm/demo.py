@@ -65,6 +65,8 @@ def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bo
     start = _step("What: report (Figs. 2, 3, 4, 8 and the per-run table)")
     report_dir = report(sweep_dir)
     _done(start, f"{report_dir / 'index.html'}")
+    for line in headline(report_dir / "runs" / "runs.csv"):
+        print(f"   {line}")
 
     if extras:
         theory = _optional("noisylm.theory_report", "theory")
@@ -84,6 +86,26 @@ def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bo
     if failures:
         raise NoisyLMError("demo steps failed: " + "; ".join(failures))
     return report_dir
+
+
+def headline(runs_csv: Path) -> list[str]:
+    """One line per noisy run: the paper's What, in numbers from the report's per-run table."""
+    import csv
+
+    lines = []
+    for row in csv.DictReader(runs_csv.read_text("utf-8").splitlines()):
+        if row["kind"] == "clean" or not row["rel_increase"]:
+            continue
+        rel, per_alpha = float(row["rel_increase"]), float(row["rel_increase_per_alpha"])
+        line = f"{row['kind']} noise at alpha = {float(row['alpha']):g}: "
+        line += f"clean loss {rel:+.2%} ({per_alpha:.2f} x alpha)"
+        if row["abs_increase_equal_clean_tokens"] and row["clean_val_loss"]:
+            base = float(row["clean_val_loss"]) - float(row["abs_increase"])
+            line += (
+                f"; after the same clean tokens {float(row['abs_increase_equal_clean_tokens']) / base:+.2%}"
+            )
+        lines.append(line)
+    return lines
 
 
 def _run_optional(name: str, function: Callable | None, call: Callable[[], Any], start: float) -> list[str]:
