@@ -36,7 +36,9 @@ def test_demo_runs_the_paper_grid_on_the_bundled_corpora(tmp_path, capsys):
     manifest = json.loads((out / "sweep" / "data" / "clean" / "manifest.json").read_text())
     assert manifest["tokenizer"] == "bytes" and manifest["splits"]["train"]["tokens"] > 4_000_000
     assert (out / "sweep" / "report" / "index.html").is_file()
-    assert f"The report: {out / 'sweep' / 'report' / 'index.html'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"The report: {out / 'sweep' / 'report' / 'index.html'}" in printed
+    assert "uniform noise at alpha = 0.2: clean loss" in printed  # the headline per noisy run
     # Running it again resumes: nothing is retrained.
     metrics = (out / "sweep" / "runs" / "clean" / "metrics.jsonl").read_bytes()
     assert main(args) == 0
