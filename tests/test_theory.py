@@ -152,7 +152,7 @@ params = st.tuples(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(params, st.floats(1e-6, 1 - 1e-6))
 def test_eq15_eq16_sandwich_and_eq18_derivative(p, u):
     a, k, pc, pn = p
@@ -171,7 +171,7 @@ def test_eq15_eq16_sandwich_and_eq18_derivative(p, u):
     assert T.f_gap_derivative(eps, a, k, pc, pn) == pytest.approx(fd, rel=1e-4, abs=1e-6)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(params)
 def test_proposition1_consistency(p):
     a, k, pc, pn = p
@@ -194,7 +194,7 @@ def test_proposition1_consistency(p):
     assert T.predicted_clean_loss_increase(a, k, pc, pn, "exact") <= bound * (1 + 1e-9)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.floats(0.001, 0.3333), st.floats(1.0 + 1e-6, 1e4))
 def test_g3_decreasing_and_eq24_factorisation(a, scale):
     # g3(t) = f(3*eta) with t = p_c/(k p_n) (Eq. 20); Eq. 24 with the corrected denominator 3(1-a)t.
@@ -218,7 +218,7 @@ def test_g3_decreasing_and_eq24_factorisation(a, scale):
     assert T.f_gap(3 * T.eta(a, k, pc, pn), a, k, pc, pn) == pytest.approx(g3(t), rel=1e-7, abs=1e-12)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.floats(0.5001, 0.999), st.floats(1e-6, 1 - 1e-6))
 def test_g2_derivative_eq29_corrected(a, u):
     t_lo, t_hi = (1 - a) / a, 2 * (1 - a) / (2 * a - 1)
@@ -247,7 +247,7 @@ def test_eq29_as_printed_is_wrong_at_the_left_end():
 
 
 # ----------------------------------------------------------------------- Eqs. 11–13 and round trips
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.floats(1e-3, 0.9),  # p_c
     st.floats(1e-5, 0.9),  # p_n
