@@ -193,6 +193,8 @@ def test_bad_config_values():
         ProbeConfig(seeds=0)
     with pytest.raises(UsageError, match="gamma"):
         ProbeConfig(gammas=(-0.1,))
+    with pytest.raises(UsageError, match="add `lgm` to the losses"):
+        ProbeConfig(losses=("ce",), sensitivity=((0.1, 0.1),))
 
 
 def test_cli_probe(digits_cache, tmp_path, capsys):

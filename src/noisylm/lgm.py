@@ -74,7 +74,8 @@ def lgm_penalty(
     through it as one concatenated batch.
     """
     _check_args(features, labels, gamma, variant, method)
-    labels = labels.long()
+    if labels.dtype != torch.int64:
+        labels = labels.long()
     in_features = getattr(head, "in_features", None)
     if in_features is not None and features.shape[1] != in_features:
         raise NoisyLMError(
@@ -139,7 +140,7 @@ class LGMLoss(nn.Module):
         self.gamma, self.lam, self.variant, self.method = float(gamma), float(lam), variant, method
         self.anchor_weight = float(anchor_weight)
         self.generator = generator
-        self.last: LGMTerms | None = None
+        self._last: LGMTerms | None = None
         # θ₀ for L2-SP: a snapshot, not a parameter (buffers move with .to(device)).
         self._anchor_names: list[str] = []
         if self.anchor_weight > 0:
@@ -157,11 +158,18 @@ class LGMLoss(nn.Module):
             method=self.method,
             generator=self.generator,
         )
-        self.last = LGMTerms(terms.ce.detach(), terms.penalty.detach(), terms.logits.detach())
+        self._last = terms
         loss = terms.ce + self.lam * terms.penalty if self.variant != "none" else terms.ce
         if self.anchor_weight > 0:
             loss = loss + 0.5 * self.anchor_weight * self.anchor_distance()
         return loss
+
+    @property
+    def last(self) -> LGMTerms | None:
+        """The last step's ce, penalty and logits, detached (None before the first step)."""
+        if self._last is None:
+            return None
+        return LGMTerms(*(t.detach() for t in self._last))
 
     def anchor_distance(self) -> torch.Tensor:
         """‖θ − θ₀‖² over the head's parameters (0 when anchoring is off)."""

@@ -130,6 +130,8 @@ class ProbeConfig:
         for name, values in (("gamma", self.gammas), ("lambda", self.lams)):
             if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
                 raise UsageError(f"{name} values must be finite numbers >= 0, got {values}")
+        if self.sensitivity and "lgm" not in self.losses:
+            raise UsageError("the sensitivity grid (Table 6) varies L_gm; add `lgm` to the losses")
         for gamma, lam in self.sensitivity:
             if not (gamma >= 0 and lam >= 0 and math.isfinite(gamma + lam)):
                 raise UsageError(f"sensitivity pairs need finite gamma, lambda >= 0, got ({gamma}, {lam})")
