@@ -4,6 +4,7 @@ brute-force references, the artifacts, --filter, and every bad input the issue n
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -99,9 +100,17 @@ def test_bigram_model_matches_direct_witten_bell():
 
 
 # ------------------------------------------------------------------------------------ on known truth
-def test_scan_finds_appended_uniform_noise_and_writes_artifacts(noisy_bytes, tmp_path):
-    out = tmp_path / "scan"
-    report = S.scan(noisy_bytes, out, progress=False)
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory, noisy_bytes):
+    """One default scan of ``noisy_bytes`` (20% uniform noise appended), with --filter."""
+    root = tmp_path_factory.mktemp("scan")
+    report = S.scan(noisy_bytes, root / "scan", filter_out=root / "filtered", progress=False)
+    return report, root
+
+
+def test_scan_finds_appended_uniform_noise_and_writes_artifacts(scanned):
+    report, root = scanned
+    out = root / "scan"
     truth = report["truth"]
     assert truth["f1"] >= 0.95 and truth["alpha_rel_error"] <= 0.10
     assert report["alpha_hat"] == pytest.approx(0.2, rel=0.1)
@@ -115,12 +124,23 @@ def test_scan_finds_appended_uniform_noise_and_writes_artifacts(noisy_bytes, tmp
     assert sorted(p.name for p in out.iterdir()) == ["scan.json", "scan.md", "scan.png"]
 
 
-@pytest.mark.parametrize(
-    ("fixture", "kind", "alpha"),
-    [("shakespeare_gpt2", "gaussian", 0.05), ("shakespeare_bytes", "boosted", 0.01)],
-)
-def test_validate_small_case(request, tmp_path, fixture, kind, alpha):
-    clean = request.getfixturevalue(fixture)
+def test_prediction_follows_proposition1(scanned):
+    from noisylm import theory
+
+    pred = scanned[0]["prediction"]
+    p_c, p_n = np.exp(-pred["clean_loss"]), np.exp(-pred["noise_loss"])
+    assert pred["noise_loss"] > pred["clean_loss"]  # noise is less predictable than text
+    for row in pred["grid"]:
+        prop = theory.proposition1(pred["alpha_hat"], row["k"], p_c, p_n)
+        assert row["statement"] == prop.statement and row["eta"] == pytest.approx(prop.eta)
+        assert row["increase_optimum_nats"] == pytest.approx(prop.clean_loss_increase_optimum)
+    # η = α p_c − (1 − α) k p_n decreases with k: more k, less harm
+    etas = [row["eta"] for row in pred["grid"]]
+    assert etas == sorted(etas, reverse=True)
+
+
+def test_validate_small_case(shakespeare_gpt2, tmp_path):
+    clean, kind, alpha = shakespeare_gpt2, "gaussian", 0.05
     rows = S.validate(clean, tmp_path / "work", kinds=(kind,), placements=("interleave",), alphas=(alpha,))
     assert rows[0]["kind"] == "none (clean)" and rows[0]["alpha_hat"] < 0.005  # false positives
     row = rows[1]
@@ -131,7 +151,7 @@ def test_validate_small_case(request, tmp_path, fixture, kind, alpha):
     assert not any((tmp_path / "work").iterdir())  # corpora deleted after scanning
 
 
-def test_unigram_detector_and_clean_corpus(noisy_bytes, shakespeare_bytes, tmp_path):
+def test_unigram_detector_and_clean_bytes_corpus(noisy_bytes, shakespeare_bytes, tmp_path):
     report = S.scan(noisy_bytes, tmp_path / "u", detector="unigram", progress=False)
     assert report["truth"]["f1"] >= 0.9
     clean = S.scan(shakespeare_bytes, tmp_path / "c", progress=False)
@@ -139,11 +159,11 @@ def test_unigram_detector_and_clean_corpus(noisy_bytes, shakespeare_bytes, tmp_p
     assert clean["prediction"]["increase_nats"] <= 1e-3
 
 
-def test_filter_removes_exactly_the_flagged_spans(noisy_bytes, shakespeare_bytes, tmp_path):
+def test_filter_removes_exactly_the_flagged_spans(scanned, noisy_bytes, shakespeare_bytes):
     from noisylm.shards import verify
 
-    report = S.scan(noisy_bytes, tmp_path / "scan", filter_out=tmp_path / "filtered", progress=False)
-    filtered = ShardSet.open(tmp_path / "filtered")
+    report, root = scanned
+    filtered = ShardSet.open(root / "filtered")
     source = np.asarray(ShardSet.open(noisy_bytes).tokens("train"))
     spans = np.asarray(report["spans"])
     expected = source[~_mask(spans, len(source))]
@@ -152,7 +172,7 @@ def test_filter_removes_exactly_the_flagged_spans(noisy_bytes, shakespeare_bytes
     assert record["removed_spans"] == report["spans"] and record["removed_tokens"] == report["flagged_tokens"]
     assert record["detector"]["detector"] == "mixture" and record["parent"]["noise"]["kind"] == "uniform"
     assert filtered.noise is None and not filtered.has("noise")
-    assert verify(tmp_path / "filtered") == []
+    assert verify(root / "filtered") == []
     # almost all of the clean text is back
     clean = ShardSet.open(shakespeare_bytes).tokens("train")
     assert abs(len(expected) - len(clean)) / len(clean) < 0.01
@@ -237,3 +257,52 @@ def test_bigram_hash_table_counts_are_exact_with_collisions():
     cur = np.concatenate([tokens[1:], rng.integers(0, vocab, size=5000)]).astype(np.int64)
     expected = np.array([counts.get((a, b), 0) for a, b in zip(prev.tolist(), cur.tolist(), strict=True)])
     assert np.array_equal(model.pair_counts(prev, cur), expected)
+
+
+def test_model_detector_with_a_trained_model(shakespeare_bytes, tmp_path):
+    import torch
+
+    from noisylm.corpora import bundled_corpora
+    from noisylm.inject import inject
+    from noisylm.model import GPT, preset
+    from noisylm.prepare import prepare
+    from noisylm.training.checkpoint import save_checkpoint
+
+    plays = bundled_corpora()["shakespeare"]
+    small = [
+        plays / f"{name}_gut.txt.gz"
+        for name in ("comedy_of_errors", "lovers_complaint", "phoenix_and_the_turtle")
+    ]
+    prepare(small, tmp_path / "small", tokenizer="bytes", val_fraction=0.3, seed=0, progress=False)
+    inject(tmp_path / "small", tmp_path / "noisy", alpha=0.2, kind="uniform", placement="interleave", seed=1,
+           progress=False)  # fmt: skip
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and safe under pytest -n 2
+    try:
+        torch.manual_seed(0)
+        model = GPT(preset("tiny", vocab_size=257))
+        clean = torch.from_numpy(
+            np.asarray(ShardSet.open(shakespeare_bytes).tokens("train")).astype(np.int64)
+        )
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(80):  # enough to learn byte statistics: loss ~3.4 vs log 257 = 5.55
+            starts = torch.randint(0, len(clean) - 65, (16,), generator=generator).tolist()
+            batch = torch.stack([clean[s : s + 65] for s in starts])
+            _, loss = model(batch[:, :-1], batch[:, 1:])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert loss.item() < 4.0
+        save_checkpoint(
+            tmp_path / "run" / "checkpoints", 80, model, optimizer, {"model": model.config.to_dict()}, []
+        )
+        report = S.scan(tmp_path / "noisy", tmp_path / "m", model=str(tmp_path / "run"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert report["detector"]["detector"] == "model"
+    assert report["truth"]["f1"] >= 0.95 and report["truth"]["alpha_rel_error"] <= 0.10
+    assert report["threshold"] < math.log(257)
+    pred = report["prediction"]
+    assert pred["noise_loss"] > math.log(257) - 1.0 > pred["clean_loss"]  # noise near log V, text far below

@@ -102,7 +102,7 @@ class ScanConfig:
     chunk_tokens: int = 1 << 22
     model: str | None = None
     model_context: int | None = None
-    model_batch: int = 16
+    model_batch: int = 64
     device: str = "cpu"
 
     def __post_init__(self) -> None:
