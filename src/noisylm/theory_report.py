@@ -14,10 +14,12 @@ Writes ``sweep_dir/report/theory/`` (figures, Markdown/CSV tables, ``theory.json
   early checkpoint (or supplied), beside the increase measured at the last common checkpoint, and
   whether the measurement falls inside the bound.
 * **Lemma 1 on real data.** The final noisy model's loss on windows of the actual mixed training shards
-  against α·L(P^n,h) + (1−α)·L(P^c,h) from pure windows, for the sweep's placement and the other one
+  against α·L(P^n,h) + (1−α)·L(P^c,h), both sides measured on the same target tokens (the prediction
+  gives each target a pure context of the same length), for the sweep's placement and the other one
   (append / interleave, re-injected with the same noise and seed into a temporary folder). The gap is
-  decomposed by target token: contexts that cross a clean/noise boundary belong to neither P^c nor P^n,
-  so Eq. 1 — and with it Lemma 1 — does not hold for (context, next-token) pairs of a concatenated stream.
+  exactly the effect of contexts that cross a clean/noise boundary: such (context, next-token) pairs
+  belong to neither P^c nor P^n, so Eq. 1 — and with it Lemma 1 — does not hold for a concatenated stream.
+  Their expected share and excess loss are reported too, since uniform windows rarely draw them.
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class TheoryConfig:
 
 @dataclass
 class RunInfo:
+    """One run of the sweep as `theory` needs it (from ``sweep.json``, its manifest and its checkpoints)."""
+
     name: str
     kind: str | None
     alpha: float  # achieved α of the shard set (requested α when unknown)
@@ -97,13 +101,10 @@ class RunInfo:
 
 
 def _checkpoints(run_dir: Path) -> dict[int, Path]:
-    found: dict[int, Path] = {}
-    folder = run_dir / "checkpoints"
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.is_dir() and path.name.startswith("ckpt-") and path.name[5:].isdigit():
-                found[int(path.name[5:])] = path
-    return dict(sorted(found.items()))
+    """iteration -> checkpoint directory, for every complete checkpoint the run kept."""
+    from noisylm.training.checkpoint import list_checkpoints
+
+    return {int(path.name.removeprefix("ckpt-")): path for path in list_checkpoints(run_dir / "checkpoints")}
 
 
 def load_sweep(sweep_dir: Path) -> tuple[dict[str, Any], RunInfo, list[RunInfo]]:
@@ -332,8 +333,8 @@ def prediction_row(run: RunInfo, points: list[EvalPoint], config: TheoryConfig) 
     if not math.isfinite(k):
         return {
             **row,
-            "note": "k undefined at every common checkpoint (the noisy model was not worse on clean text "
-            "or not better on the noise); pass --k",
+            "note": "k undefined at the checkpoint(s) considered (the noisy model was not worse on clean "
+            "text or not better on the noise there); pass --k or another --k-iter",
         }
     prop = T.proposition1(run.alpha, k, p_c, p_n)
     bound = T.predicted_clean_loss_increase(run.alpha, k, p_c, p_n, "bound")
