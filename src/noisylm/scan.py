@@ -15,7 +15,11 @@ The question users bring is "do I need to filter my data?". `scan` answers it fo
 3. **Token-exact spans**. Windows slide with a stride of ``stride`` tokens; runs of flagged windows
    become candidate regions, and inside each region the spans are the maximal-score segments of the
    per-token scores (max-sum subarray, applied recursively), so span edges are placed at token level.
-4. With ``model=CKPT`` the per-token loss of a trained model replaces the unigram score: random noise
+4. **Bigram re-check**. A unigram mixture cannot tell random noise from text with odd unigram
+   statistics (speaker names in capitals, runs of indentation). Candidate regions are re-scored with
+   ``log q_n(x_t) − log p_c(x_t | x_{t−1})``, p_c a leave-one-out Witten–Bell bigram model of the clean
+   text: text is predictable from the previous token, random noise is not.
+5. With ``model=CKPT`` the per-token loss of a trained model replaces the unigram score: random noise
    sits near log V, clean text far below; the threshold is halfway between the median window loss and
    log V.
 
@@ -28,6 +32,7 @@ filtered shard set whose manifest records every removed span and the detector se
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -137,12 +142,20 @@ def _chunks(n: int, size: int) -> range:
     return range(0, n, size)
 
 
-def unigram_counts(tokens: np.ndarray, vocab_size: int, chunk_tokens: int = 1 << 22) -> np.ndarray:
-    """Token counts (int64, length ``vocab_size``) in one chunked pass over a memmap."""
+def unigram_counts(
+    tokens: np.ndarray, vocab_size: int, chunk_tokens: int = 1 << 22, source: str = "the tokens"
+) -> np.ndarray:
+    """Token counts (int64, length ``vocab_size``) in one chunked pass over a memmap; an id outside
+    the vocabulary means a corrupt shard and raises `NoisyLMError`."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     for start in _chunks(len(tokens), chunk_tokens):
-        chunk = np.asarray(tokens[start : start + chunk_tokens])
-        counts += np.bincount(chunk, minlength=vocab_size)[:vocab_size]
+        chunk_counts = np.bincount(np.asarray(tokens[start : start + chunk_tokens]))
+        if len(chunk_counts) > vocab_size:
+            raise NoisyLMError(
+                f"{source} hold token id {len(chunk_counts) - 1} >= vocab_size {vocab_size}; "
+                "the shard set is corrupt, regenerate it"
+            )
+        counts[: len(chunk_counts)] += chunk_counts
     return counts
 
 
@@ -279,7 +292,7 @@ def _robust_location(values: np.ndarray) -> tuple[float, float]:
 def window_features(
     tokens: np.ndarray, surprisal_table: np.ndarray, window: int, chunk_tokens: int
 ) -> WindowFeatures:
-    """Features of every aligned window (the tail shorter than a window is folded into the last one)."""
+    """Features of every aligned window (a tail shorter than a window has none; it is still scored)."""
     n = len(tokens)
     n_windows = max(n // window, 1)
     surprisal = np.empty(n_windows, np.float32)
@@ -498,7 +511,7 @@ def _refine_with_bigram(
 # ------------------------------------------------------------------------------------------ detectors
 @dataclass
 class Detection:
-    """What a detector found: spans, per-token score table, window scores and threshold."""
+    """What a detector found: token spans, the score of every sliding window, the threshold."""
 
     spans: np.ndarray  # int64 [n, 2]: offset, length (sorted, disjoint)
     window_scores: np.ndarray  # mean per-token score of each sliding window
@@ -792,8 +805,6 @@ def write_filtered(
 ) -> Path:
     """A copy of ``shards`` without the ``spans`` of its train split (atomic); the manifest's ``filter``
     record lists every removed span and the detector settings."""
-    from noisylm.shards import write_manifest
-
     itemsize = shards.dtype.itemsize
     total = shards.splits["train"].tokens
     ends = spans[:, 0] + spans[:, 1]
@@ -853,7 +864,12 @@ def write_filtered(
             },
             "provenance": provenance(record.get("detector"), None),
         }
-        write_manifest(tmp / MANIFEST, manifest)
+        # the removed spans on one line, as the noise spans are (a manifest stays readable at 10^5 spans)
+        marker = "__NOISYLM_REMOVED_SPANS__"
+        manifest["filter"]["removed_spans"] = marker
+        text = json.dumps(manifest, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+        compact = json.dumps(spans.tolist(), separators=(",", ":"))
+        atomic_write_text(tmp / MANIFEST, text.replace(json.dumps(marker), compact, 1) + "\n")
     return Path(out)
 
 
@@ -912,15 +928,8 @@ def scan(
         raise NoisyLMError(f"split {config.split!r} of {shards.path} is empty; nothing to scan")
     started = time.perf_counter()
     vocab = shards.vocab_size
-    counts = np.zeros(vocab, dtype=np.int64)
-    for start in _chunks(n, config.chunk_tokens):
-        chunk_counts = np.bincount(np.asarray(tokens[start : start + config.chunk_tokens]))
-        if len(chunk_counts) > vocab:
-            raise NoisyLMError(
-                f"{shards.path / shards.splits[config.split].file} holds token id {len(chunk_counts) - 1} "
-                f">= vocab_size {vocab}; the shard set is corrupt, regenerate it"
-            )
-        counts[: len(chunk_counts)] += chunk_counts
+    source = str(shards.path / shards.splits[config.split].file)
+    counts = unigram_counts(tokens, vocab, config.chunk_tokens, source)
     surprisal = -_log_unigram(counts, config.smoothing)
     features = window_features(tokens, surprisal, config.window, config.chunk_tokens)
     model_losses = None
