@@ -345,3 +345,21 @@ def test_multilingual_text_uses_prop1_with_k_1(tmp_path):
     (text,) = R._multilingual_texts([run], [row])
     assert "statement (3b)" in text and "0.0541 nats at the optimum" in text and "at most 0.1109" in text
     assert R._multilingual_texts([dataclasses.replace(run, kind="uniform")], [row]) == []
+
+
+def test_prediction_row_k_choice_and_undefined_k(tmp_path):
+    run = R.RunInfo("uniform-a0.05", "uniform", 0.05, {}, tmp_path, tmp_path, {})
+    better = R.EvalPoint(10, 3.0, 10.9, 2.99, 10.5)  # h better on clean text: epsilon < 0, k undefined
+    early = R.EvalPoint(20, 3.0, 10.9, 3.05, 10.5)
+    late = R.EvalPoint(30, 2.8, 10.9, 2.83, 10.2, clean_increase_se=0.01)
+    row = R.prediction_row(run, [better, early, late], R.TheoryConfig())
+    assert math.isnan(better.k) and row["k_iter"] == 20 and row["k"] == pytest.approx(267.4693, rel=1e-6)
+    assert row["p_c"] == pytest.approx(math.exp(-2.8)) and row["measured_increase"] == pytest.approx(0.03)
+    prop = T.proposition1(0.05, row["k"], math.exp(-2.8), math.exp(-10.9))
+    assert row["statement"] == prop.statement == "1" and row["predicted_increase_bound"] == 0.0
+    assert row["inside_bound"] is False and row["inside_within_2se"] is False
+    row = R.prediction_row(run, [better, early, late], R.TheoryConfig(k_iter=30))
+    assert row["k_iter"] == 30 and row["k"] == pytest.approx(late.k)
+    row = R.prediction_row(run, [better], R.TheoryConfig())
+    assert "k undefined" in row["note"] and "statement" not in row
+    assert "no iteration" in R.prediction_row(run, [], R.TheoryConfig())["note"]
