@@ -137,16 +137,21 @@ def _run(name, kind, alpha, tokens, clean_tokens, val):
 
 def test_calibrated_difference_by_hand():
     # Clean run: 100 tokens per 10 iterations. The noisy run (α = 0.5) sees half as many clean tokens.
-    clean = _run("clean", None, 0.0, [0, 100, 200, 300], [0, 100, 200, 300], [4.0, 3.0, 2.5, 2.2])
-    noisy = _run("u", "uniform", 0.5, [0, 100, 200, 300], [0, 50, 100, 150], [4.0, 3.4, 3.0, 2.7])
+    clean = _run(
+        "clean", None, 0.0, [0, 100, 200, 300, 400], [0, 100, 200, 300, 400], [4.0, 3.0, 2.5, 2.2, 2.0]
+    )
+    noisy = _run(
+        "u", "uniform", 0.5, [0, 100, 200, 300, 400], [0, 50, 100, 150, 200], [4.0, 3.4, 3.0, 2.7, 2.45]
+    )
     x, diff = diff_same_clean_tokens(noisy, clean)
-    # Clean-run loss after 50 / 100 / 150 clean tokens: 3.5, 3.0, 2.75 (linear between its evals);
+    # Clean-run loss after 100 / 150 / 200 clean tokens: 3.0, 2.75, 2.5 (linear between its evals); the
+    # point at 50 tokens lies in the clean run's first segment (from iteration 0), which is not compared.
     # x counts iterations of clean data: 10 iterations per 100 tokens.
-    np.testing.assert_allclose(x, [0, 5, 10, 15])
-    np.testing.assert_allclose(diff, [0.0, -0.1, 0.0, -0.05], atol=1e-12)
+    np.testing.assert_allclose(x, [10, 15, 20])
+    np.testing.assert_allclose(diff, [0.0, -0.05, -0.05], atol=1e-12)
     iters, same_iter = diff_same_iter(noisy, clean)
-    np.testing.assert_allclose(iters, [0, 10, 20, 30])
-    np.testing.assert_allclose(same_iter, [0.0, 0.4, 0.5, 0.5], atol=1e-12)
+    np.testing.assert_allclose(iters, [0, 10, 20, 30, 40])
+    np.testing.assert_allclose(same_iter, [0.0, 0.4, 0.5, 0.5, 0.45], atol=1e-12)
 
 
 def test_index_shows_other_sections_in_order(reported, tmp_path):

@@ -129,15 +129,16 @@ def diff_same_clean_tokens(run: Run, clean: Run, name: str = "val") -> tuple[np.
     """(clean-token iterations, loss(run) - loss(clean)) after the same amount of clean data (Fig. 2c).
 
     The noisy run at eval i has seen ``clean_tokens[i]`` clean tokens; the clean run's loss after that
-    many tokens is interpolated linearly between its evals. The x axis counts iterations of clean data
-    (clean tokens / tokens per iteration of the clean run).
+    many tokens is interpolated linearly between its evals. Only points from the clean run's first eval
+    after the start on are compared: before it the loss falls from log V within a few iterations, which
+    no straight line between two evals represents. The x axis counts iterations of clean data (clean
+    tokens / tokens per iteration of the clean run).
     """
     a, b = run.loss(name), clean.loss(name)
-    if a is None or b is None or len(clean.iters) < 2:
+    if a is None or b is None or len(clean.iters) < 3:
         return np.zeros(0), np.zeros(0)
-    keep = (
-        np.isfinite(a) & (run.clean_tokens <= clean.tokens.max()) & (run.clean_tokens >= clean.tokens.min())
-    )
+    first = clean.tokens[1] if clean.tokens[0] == 0 else clean.tokens[0]
+    keep = np.isfinite(a) & (run.clean_tokens >= first) & (run.clean_tokens <= clean.tokens.max())
     reference = np.interp(run.clean_tokens[keep], clean.tokens, b)
     per_iter = clean.tokens[-1] / max(int(clean.iters[-1]), 1)
     return run.clean_tokens[keep] / per_iter, a[keep] - reference
@@ -358,7 +359,8 @@ def _fig2_section(folder: Path, runs: list[Run], clean: Run | None) -> None:
         fig,
         "fig2c.png",
         "(c) Calibrated: difference after the same number of clean training tokens (the noisy run at "
-        "iteration i has seen only its clean share of i iterations; the clean run's loss is interpolated).",
+        "iteration i has seen only its clean share of i iterations; the clean run's loss is interpolated "
+        "between its evals, from its first eval after the start on).",
     )
     section.write()
 
