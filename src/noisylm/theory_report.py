@@ -829,6 +829,7 @@ def _theory(root: Path, config: TheoryConfig, clean: RunInfo, noisy: list[RunInf
         lemma_rows += lemma1_for_run(run, clean.data, config, notes)
 
     with atomic_dir(report_dir / SECTION, overwrite=True) as folder:
+        os.chmod(folder, 0o755)  # a temporary directory is private; the report is not
         items: list[dict[str, Any]] = [{"type": "text", "text": _intro(config)}]
         if any(curves.values()):
             items.append({"type": "figure", "path": fig7a(folder, curves), "caption": _caption_7a(curves)})
