@@ -253,7 +253,9 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_print_commands_prepare_runnable_jobs(tmp_path, tiny_config, shakespeare_bytes, python_docs_bytes):
+def test_print_commands_prepare_runnable_jobs(
+    tmp_path, tiny_config, shakespeare_bytes, python_docs_bytes, capsys
+):
     config = tiny_config()
     out = tmp_path / "sweep"
     summary = sweep(config, out, print_commands=True)
@@ -281,6 +283,15 @@ def test_print_commands_prepare_runnable_jobs(tmp_path, tiny_config, shakespeare
     config.launcher, config.nproc_per_node = "torchrun", 2
     torchrun = sweep(config, out, print_commands=True)["commands"]
     assert shlex.split(torchrun[0])[:5] == ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "noisylm"]
+    assert len(sweep(config, out, print_commands=True, only=["gaussian-a0.2"])["commands"]) == 1
+    with pytest.raises(UsageError, match="unknown run"):
+        sweep(config, out, only=["uniform-a0.5"])
+    # The CLI prints one command per line, for `| xargs` or a job array.
+    config_file = tmp_path / "sweep.json"
+    config_file.write_text(json.dumps(tiny_config().to_dict()))
+    capsys.readouterr()
+    assert cli_main(["sweep", str(config_file), "--out", str(out), "--print-commands"]) == 0
+    assert capsys.readouterr().out.splitlines() == commands[1:]
 
 
 def test_failed_runs_are_recorded_and_skipped(tmp_path, tiny_config, capsys):
