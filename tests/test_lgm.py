@@ -75,6 +75,20 @@ def test_linear_closed_form_matches_autograd(variant, bias):
             torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12, msg=method)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_mlp_fused_path_matches_double_backward(dtype):
+    features, labels = _batch(batch=16, dim=9, classes=4, seed=4)
+    head = _head("mlp", 9, 4, seed=2).to(dtype)
+    features = features.to(dtype)
+    ref_terms, ref_grads = _terms_and_grads(head, features, labels, 0.05, "lgm", "autograd")
+    terms, grads = _terms_and_grads(head, features, labels, 0.05, "lgm", "fused")
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(terms.penalty, ref_terms.penalty, **tol)
+    torch.testing.assert_close(terms.ce, ref_terms.ce)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, **tol)
+
+
 def test_float32_closed_form_matches_autograd_to_float_tolerance():
     features, labels = _batch(batch=32, dim=64, classes=10)
     head = _head("linear", 64, 10).float()
@@ -94,7 +108,7 @@ def test_penalty_equals_per_sample_reference_of_eq4(kind):
     gamma, seed = 0.2, 3
     delta = torch.randn(features.shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
     expected = _reference_eq4(head, features, delta, labels, gamma)
-    methods = ["fused", "closed-form", "autograd"] if kind == "linear" else ["autograd"]
+    methods = ["fused", "closed-form", "autograd"] if kind == "linear" else ["fused", "autograd"]
     for method in methods:
         terms = lgm_penalty(
             head, features, labels, gamma=gamma, method=method, generator=torch.Generator().manual_seed(seed)
@@ -103,7 +117,8 @@ def test_penalty_equals_per_sample_reference_of_eq4(kind):
 
 
 @pytest.mark.parametrize(
-    ("kind", "method"), [("linear", "fused"), ("linear", "closed-form"), ("mlp", "autograd")]
+    ("kind", "method"),
+    [("linear", "fused"), ("linear", "closed-form"), ("mlp", "fused"), ("mlp", "autograd")],
 )
 def test_gradient_of_penalty_matches_finite_differences(kind, method):
     """∂L_gm/∂θ flows through both gradient terms: compare with central differences at fixed δ."""
@@ -153,7 +168,7 @@ def test_gram_and_direct_products_agree():
 def test_gamma_zero_gives_zero_penalty_and_no_nan(kind, variant):
     features, labels = _batch()
     head = _head(kind, 7, 5).float()
-    methods = ["fused", "closed-form", "autograd"] if kind == "linear" else ["autograd"]
+    methods = ["fused", "closed-form", "autograd"] if kind == "linear" else ["fused", "autograd"]
     if variant != "lgm":
         methods = [m for m in methods if m != "fused"]
     for method in methods:
@@ -249,3 +264,5 @@ def test_bad_inputs_raise_one_clear_error():
         lgm_penalty(head, features, labels.double())
     with pytest.raises(UsageError, match="nn.Linear head"):
         lgm_penalty(_head("mlp", 7, 5), features, labels, method="closed-form")
+    with pytest.raises(UsageError, match="variant 'lgm' only"):
+        lgm_penalty(_head("mlp", 7, 5), features, labels, method="fused", variant="norm")

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from noisylm.errors import NoisyLMError, UsageError
+from noisylm.heads import MLPHead
 
 VARIANTS = ("lgm", "norm", "cosine", "l2-output", "none")
 METHODS = ("auto", "fused", "closed-form", "autograd")
@@ -83,10 +84,19 @@ def lgm_penalty(
             "use features from the backbone the head was built for"
         )
     is_linear = isinstance(head, nn.Linear)
-    if method in ("fused", "closed-form") and not is_linear:
-        raise UsageError(f"method={method!r} needs an nn.Linear head; use method='autograd' for {type(head)}")
+    is_mlp = isinstance(head, MLPHead)
+    if method == "closed-form" and not is_linear:
+        raise UsageError(
+            f"method='closed-form' needs an nn.Linear head; use method='autograd' for {type(head)}"
+        )
+    if method == "fused" and not (is_linear or is_mlp):
+        raise UsageError(
+            f"method='fused' needs an nn.Linear or MLPHead head; use 'autograd' for {type(head)}"
+        )
     if method == "fused" and variant != "lgm":
-        raise UsageError("method='fused' implements variant 'lgm' only; use method='closed-form'")
+        raise UsageError(
+            "method='fused' implements variant 'lgm' only; use method='closed-form' or 'autograd'"
+        )
 
     if variant == "none":
         logits = head(features)
@@ -95,12 +105,18 @@ def lgm_penalty(
     batch = features.shape[0]
     both = features.new_empty((2 * batch, features.shape[1]))
     both[batch:].normal_(generator=generator)
-    if is_linear and method != "autograd":
-        use_fused = method == "fused" or (method == "auto" and variant == "lgm" and not _needs_grad(features))
-        if use_fused:
-            both[:batch] = features
+    fusable = (is_linear or is_mlp) and variant == "lgm" and not _needs_grad(features)
+    if method == "fused" or (method == "auto" and fusable):
+        both[:batch] = features
+        if is_linear:
             ce, penalty, logits = _FusedLinearLGM.apply(head.weight, head.bias, both, labels, gamma)
-            return LGMTerms(ce, penalty, logits)
+        else:
+            fc1, fc2 = head.fc1, head.fc2
+            ce, penalty, logits = _FusedMLPLGM.apply(
+                fc1.weight, fc1.bias, fc2.weight, fc2.bias, both, labels, gamma
+            )
+        return LGMTerms(ce, penalty, logits)
+    if is_linear and method != "autograd":
         return _linear_closed_form(head.weight, head.bias, features, both[batch:], labels, gamma, variant)
     return _autograd_terms(head, features, both[batch:], labels, gamma, variant)
 
@@ -334,6 +350,81 @@ class _FusedLinearLGM(torch.autograd.Function):
         grad_weight = torch.mm(torch.cat([grad_logits, sm_hat.mul_(gamma)]).t(), both)
         grad_bias = grad_logits.sum(0) if raw_b is not None else None
         return grad_weight, grad_bias, None, None, None
+
+
+class _FusedMLPLGM(torch.autograd.Function):
+    """CE and L_gm of `MLPHead` (z = W2 relu(W1 t + b1) + b2) with a hand-derived backward.
+
+    Forward, with X = [T; Δ], A = X W1ᵀ, a = [A_top + b1; A_top + b1 + γ A_bot] (the first layer is
+    linear, so t̂ = t + γδ needs no second pass), m = a > 0, H = relu(a), P = softmax(H W2ᵀ + b2),
+    E = P − Y, signs s = [+1; −1], S = (E W2) ⊙ m (the per-sample signal at fc1's output):
+
+      B·D_W2 = (sE)ᵀ H,  B·D_b2 = (sE)ᵀ 1,  B·D_W1 = [S_c − S_p; −γ S_p]ᵀ X,  B·D_b1 = (S_c − S_p)ᵀ 1.
+
+    Backward: reverse mode through these expressions (the ReLU mask is piecewise constant, as in
+    autograd's double backward); `tests/test_lgm.py` checks it against autograd and finite differences.
+    """
+
+    @staticmethod
+    def forward(ctx, w1, b1, w2, b2, both, labels, gamma):
+        batch = both.shape[0] // 2
+        pre = torch.mm(both, w1.t())
+        pre_c = pre[:batch] + b1
+        act_in = torch.cat([pre_c, torch.add(pre_c, pre[batch:], alpha=gamma)])
+        mask = act_in > 0
+        hidden = act_in.clamp_min(0)
+        logits_all = torch.addmm(b2, hidden, w2.t())
+        log_probs = torch.log_softmax(logits_all[:batch], 1)
+        ce = F.nll_loss(log_probs, labels)
+        probs = torch.cat([log_probs.exp(), torch.softmax(logits_all[batch:], 1)])
+        onehot = torch.zeros_like(log_probs).scatter_(1, labels[:, None], 1.0)
+        err = probs - onehot.repeat(2, 1)  # E
+        signed = torch.cat([err[:batch], -err[batch:]])  # sE
+        signal = torch.mm(err, w2) * mask  # S
+        signal_diff = signal[:batch] - signal[batch:]
+        raw_w2, raw_b2 = torch.mm(signed.t(), hidden), signed.sum(0)
+        raw_w1 = torch.mm(torch.cat([signal_diff, signal[batch:] * -gamma]).t(), both)
+        raw_b1 = signal_diff.sum(0)
+        raw_norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(t) for t in (raw_w1, raw_b1, raw_w2, raw_b2)])
+        )
+        ctx.save_for_backward(
+            w2, both, mask, hidden, probs, onehot, err, signed, raw_w1, raw_b1, raw_w2, raw_b2, raw_norm
+        )
+        ctx.gamma = gamma
+        logits = logits_all[:batch]
+        ctx.mark_non_differentiable(logits)
+        return ce, raw_norm / batch, logits
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_ce, grad_pen, _grad_logits):
+        w2, both, mask, hidden, probs, onehot, err, signed, raw_w1, raw_b1, raw_w2, raw_b2, raw_norm = (
+            ctx.saved_tensors
+        )
+        gamma, batch = ctx.gamma, onehot.shape[0]
+        scale = grad_pen / (raw_norm.clamp_min(1e-30) * batch)  # raw = 0 where the norm is 0: no NaN
+        # Adjoint of S through B·D_W1 and B·D_b1.
+        q = torch.mm(both, (raw_w1 * scale).t())
+        q_top = q[:batch] + raw_b1 * scale
+        v = torch.cat([q_top, torch.add(q_top, q[batch:], alpha=gamma).neg_()]) * mask  # adjoint of E W2
+        grad_err = torch.mm(v, w2.t())
+        grad_w2 = torch.mm(err.t(), v)
+        # Through B·D_W2 = (sE)ᵀ H and B·D_b2 = (sE)ᵀ 1.
+        r2 = torch.addmm(raw_b2 * scale, hidden, (raw_w2 * scale).t())
+        grad_err[:batch] += r2[:batch]
+        grad_err[batch:] -= r2[batch:]
+        grad_hidden = torch.mm(signed, raw_w2 * scale)
+        # Softmax, plus the cross-entropy on the clean half.
+        grad_logits = probs * (grad_err - (probs * grad_err).sum(1, keepdim=True))
+        grad_logits[:batch] += (probs[:batch] - onehot) * (grad_ce / batch)
+        grad_hidden += torch.mm(grad_logits, w2)
+        grad_w2 += torch.mm(grad_logits.t(), hidden)
+        grad_b2 = grad_logits.sum(0)
+        grad_act = grad_hidden * mask
+        grad_pre_c = grad_act[:batch] + grad_act[batch:]  # a_p = a_c + γ Δ W1ᵀ
+        grad_w1 = torch.mm(torch.cat([grad_pre_c, grad_act[batch:] * gamma]).t(), both)
+        return grad_w1, grad_pre_c.sum(0), grad_w2, grad_b2, None, None, None
 
 
 # --------------------------------------------------------------------------------------------------
