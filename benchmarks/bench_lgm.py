@@ -4,9 +4,10 @@
     (Adam), one step = zero_grad + loss + backward + optimizer.step on a batch gathered from a
     feature matrix (as in `noisylm probe`). Targets: linear heads (B=32, d=768, C=20) and
     (B=32, d=4096, C=2) <= 1.5x; MLP head (B=32, d=768, C=20) <= 2.5x. Reported per LGM method: the
-    default (fused closed form for linear heads) and plain double backward (`method="autograd"`, the
-    generic path) for reference, plus the cost of drawing δ alone. Rounds interleave all methods;
-    the ratio is the median over rounds of (method / CE) of that round, robust to load drift.
+    default (the fused hand-derived paths of linear and MLP heads) and plain double backward
+    (`method="autograd"`, the generic path) for reference, plus the cost of drawing δ alone. Rounds
+    interleave all methods; the ratio is the median over rounds of (method / CE) of that round,
+    robust to load drift.
 (b) Wall time of a full `noisylm probe` grid (preset nlu: 10 epochs, lr {3e-4, 6e-4} x batch
     {8, 12, 16, 32}, then 5 seeds; linear and MLP heads) with losses=ce vs losses=lgm on real MiniLM
     features of the WordNet task (extracted once into a temporary folder, or --cache DIR).
@@ -76,9 +77,12 @@ def _time_case(kind: str, batch: int, dim: int, classes: int, rounds: int, steps
 
         return step
 
-    methods = {"ce": ce_step, "draw δ only": noise.normal_, "lgm (default)": make_lgm_step(LGMLoss(head))}
-    if kind == "linear":
-        methods["lgm double backward"] = make_lgm_step(LGMLoss(head, method="autograd"))
+    methods = {
+        "ce": ce_step,
+        "draw δ only": noise.normal_,
+        "lgm (default)": make_lgm_step(LGMLoss(head)),
+        "lgm double backward": make_lgm_step(LGMLoss(head, method="autograd")),
+    }
     times: dict[str, list] = {name: [] for name in methods}
     for _ in range(rounds):
         for name, fn in methods.items():

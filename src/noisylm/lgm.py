@@ -6,7 +6,7 @@ For a head g_θ on frozen features t with labels y, each step draws fresh δ ~ N
     L_gm  = ‖ mean_i ∇θ ℓ(g(t_i), y_i) − mean_i ∇θ ℓ(g(t̂_i), y_i) ‖₂        (Eq. 4, over all of θ)
     L     = CE + λ·L_gm                                                      (Eq. 6)
 
-The gradient of L_gm flows through both gradient terms. Two ways to compute it:
+The gradient of L_gm flows through both gradient terms. Ways to compute it:
 
 - autograd, for any `nn.Module` head: the difference of the two mean gradients is the gradient of
   the difference of the two mean losses, taken once with ``create_graph=True``; backward through its
@@ -20,6 +20,8 @@ The gradient of L_gm flows through both gradient terms. Two ways to compute it:
   with Z = T Wᵀ + b and Ẑ = Z + γ Δ Wᵀ. Differentiable in W, b (and t) by ordinary autograd; when the
   features need no gradient a fused `autograd.Function` with a hand-derived backward does the same
   in a few matrix products (`benchmarks/bench_lgm.py`).
+- fused, for the paper's MLP head (`noisylm.heads.MLPHead`): the same algebra one layer deeper
+  (`_FusedMLPLGM`), in place of double backward.
 
 Variants (Table 5 and baselines): ``lgm``; ``norm`` = ‖mean ∇θ ℓ(g(t), y)‖₂ only; ``cosine`` =
 1 − cos(mean ∇θ ℓ(g(t)), mean ∇θ ℓ(g(t̂))); ``l2-output`` = mean_i ‖g(t_i) − g(t̂_i)‖₂ (the
@@ -67,12 +69,12 @@ def lgm_penalty(
 ) -> LGMTerms:
     """Cross-entropy and the LGM penalty (or an ablation variant) of ``head`` on one batch.
 
-    features: [B, d] float tensor; labels: [B] int64 class ids. ``method``: ``auto`` picks the fused
-    closed form for `nn.Linear` heads on features that need no gradient, the autograd closed form for
-    `nn.Linear` heads otherwise, and double backward for any other head; ``closed-form`` /
-    ``fused`` / ``autograd`` force one (for tests and benchmarks). δ is drawn from ``generator``.
-    The head must treat samples independently (no batch norm): the clean and perturbed batches go
-    through it as one concatenated batch.
+    features: [B, d] float tensor; labels: [B] int64 class ids. ``method``: ``auto`` picks, for variant
+    ``lgm`` on features that need no gradient, the fused hand-derived path of `nn.Linear` and
+    `MLPHead` heads; else the autograd closed form for `nn.Linear` heads, and double backward for any
+    other head; ``closed-form`` / ``fused`` / ``autograd`` force one (for tests and benchmarks).
+    δ is drawn from ``generator``. The head must treat samples independently (no batch norm): the
+    clean and perturbed batches go through it as one concatenated batch.
     """
     _check_args(features, labels, gamma, variant, method)
     if labels.dtype != torch.int64:
