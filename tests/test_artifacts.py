@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -81,3 +83,13 @@ def test_sha256_and_provenance(tmp_path):
     assert record["config"] == {"alpha": 0.1} and record["seed"] == 3
     assert "noisylm" in record["versions"] and record["created_utc"].endswith("Z")
     json.dumps(record)
+
+
+def test_atomic_dir_gets_umask_permissions_not_private(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "a.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755

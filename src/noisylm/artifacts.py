@@ -117,6 +117,10 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        # mkdtemp makes the folder private (0700); an artifact directory gets the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
     except OSError as exc:
         raise NoisyLMError(f"cannot create {path}: {exc.strerror or exc}; check the path") from exc
     try:
