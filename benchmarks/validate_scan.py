@@ -4,8 +4,9 @@ For both tokenizers (bytes, gpt2) the bundled Shakespeare corpus is prepared, th
 (uniform, boosted, gaussian, mojibake), placement (append, interleave) and α (1%, 5%, 20%) `noisylm inject`
 makes a noisy copy whose manifest holds the true spans, and `scan` is scored against them: precision,
 recall and F1 of flagged tokens, α̂ against α, recall on true spans of at least 64 tokens. The clean
-corpus itself is scanned too (its α̂ is the false-positive rate). Everything is written to a temporary
-directory and deleted afterwards.
+corpus itself is scanned too (its α̂ is the false-positive rate). Mojibake is scanned a second time with
+``--reference`` = the bundled Python documentation (trusted clean text of another domain). Everything is
+written to a temporary directory and deleted afterwards.
 
     python benchmarks/validate_scan.py               # full grid, rewrites the table in docs/scan.md
     python benchmarks/validate_scan.py --no-write    # print only
@@ -25,6 +26,7 @@ from noisylm.scan import (
     VALIDATION_ALPHAS,
     VALIDATION_KINDS,
     VALIDATION_PLACEMENTS,
+    ScanConfig,
     validate,
     validation_markdown,
 )
@@ -43,6 +45,12 @@ def main() -> None:
     parser.add_argument("--alphas", nargs="+", type=float, default=list(VALIDATION_ALPHAS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="print the table, leave docs/scan.md alone")
+    parser.add_argument(
+        "--reference-kinds",
+        nargs="*",
+        default=["mojibake"],
+        help="kinds scanned again with --reference = the bundled Python docs (another domain)",
+    )
     args = parser.parse_args()
 
     rows = []
@@ -59,6 +67,18 @@ def main() -> None:
                 alphas=tuple(args.alphas),
                 seed=args.seed,
             )
+            if args.reference_kinds:
+                reference = Path(tmp) / f"python-docs-{tokenizer}"
+                prepare(None, reference, corpus="python-docs", tokenizer=tokenizer, seed=0, progress=False)
+                rows += validate(
+                    clean,
+                    Path(tmp) / f"work-{tokenizer}-ref",
+                    kinds=tuple(args.reference_kinds),
+                    placements=tuple(args.placements),
+                    alphas=tuple(args.alphas),
+                    seed=args.seed,
+                    config=ScanConfig(reference=str(reference)),
+                )
             print(f"{tokenizer}: done after {time.perf_counter() - started:.0f} s", flush=True)
     table = validation_markdown(rows)
     print(table)

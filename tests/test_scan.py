@@ -306,3 +306,19 @@ def test_model_detector_with_a_trained_model(shakespeare_bytes, tmp_path):
     assert report["threshold"] < math.log(257)
     pred = report["prediction"]
     assert pred["noise_loss"] > math.log(257) - 1.0 > pred["clean_loss"]  # noise near log V, text far below
+
+
+def test_reference_finds_heavy_mojibake(shakespeare_gpt2, python_docs_bytes, tmp_path):
+    from noisylm.inject import inject
+
+    noisy = tmp_path / "mojibake"
+    inject(shakespeare_gpt2, noisy, alpha=0.2, kind="mojibake", placement="append", seed=0, progress=False)
+    # trusted clean text: the validation documents of the clean corpus (not in train.bin)
+    helped = S.scan(
+        noisy, tmp_path / "ref", reference=str(shakespeare_gpt2), reference_split="val", progress=False
+    )
+    assert helped["details"]["reference_seed_windows"] > 0
+    assert helped["truth"]["f1"] >= 0.95 and helped["truth"]["alpha_rel_error"] <= 0.10
+    with pytest.raises(NoisyLMError, match="same tokenizer"):
+        S.scan(noisy, tmp_path / "bad", reference=str(python_docs_bytes), progress=False)
+    assert not (tmp_path / "bad").exists()

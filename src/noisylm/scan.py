@@ -83,6 +83,11 @@ class ScanConfig:
     candidate_margin: windows scoring within this margin below the threshold are re-checked with the
         bigram model too (structured noise such as mojibake can look text-like to a unigram model).
     split: which split to scan (noise is injected into "train").
+    reference: optional shard set of trusted clean text (same tokenizer), e.g. a curated sample of the
+        same source. Windows that uniform noise explains better than the reference's unigram
+        distribution become extra seeds of the mixture; this finds heavy structured noise (mojibake at
+        20%) whose tokens are frequent enough to look like part of "the corpus".
+    reference_split: which split of ``reference`` to use.
     chunk_tokens: tokens read from the memmap at a time (bounds memory).
     model: checkpoint directory for the "model" detector.
     model_context: context length for the model's per-token loss (None = the model's block size).
@@ -104,6 +109,8 @@ class ScanConfig:
     bigram_sample: int = 1 << 22
     candidate_margin: float = 1.5
     split: str = "train"
+    reference: str | None = None
+    reference_split: str = "train"
     chunk_tokens: int = 1 << 22
     model: str | None = None
     model_context: int | None = None
@@ -557,13 +564,26 @@ def _detect_with_table(
 
 
 def detect_mixture(
-    tokens: np.ndarray, counts: np.ndarray, features: WindowFeatures, config: ScanConfig
+    tokens: np.ndarray,
+    counts: np.ndarray,
+    features: WindowFeatures,
+    config: ScanConfig,
+    reference_counts: np.ndarray | None = None,
 ) -> Detection:
     """Hard EM on a two-component unigram mixture (clean q_c, noise q_n); score = log q_n − log q_c."""
     vocab = len(counts)
     n = len(tokens)
     log_uniform = -math.log(vocab)
     seed_flags = _feature_outliers(features, config.robust_z, -log_uniform)
+    reference_seeds = 0
+    if reference_counts is not None:  # uniform noise beats the reference's unigram on the window
+        ref_surprisal = -_log_unigram(reference_counts, config.smoothing)
+        sums = _stride_sums(
+            tokens[: len(seed_flags) * config.window], ref_surprisal, config.window, config.chunk_tokens
+        )
+        by_reference = sums / config.window > -log_uniform
+        reference_seeds = int((by_reference & ~seed_flags[: len(by_reference)]).sum())
+        seed_flags[: len(by_reference)] |= by_reference
     spans = _windows_to_spans(seed_flags, config.window, n)
     threshold = 0.0 if config.threshold is None else config.threshold
     history = []
@@ -611,6 +631,7 @@ def detect_mixture(
         score_name="mean log q_n(x) - log q_c(x) per token (nats)",
         details={
             "seed_windows": int(seed_flags.sum()),
+            "reference_seed_windows": reference_seeds,
             "em_history": history,
             "bigram": bigram_info,
             "score_table_range": [float(table.min()), float(table.max())],
@@ -947,7 +968,22 @@ def scan(
     elif config.detector == "unigram":
         detection = detect_unigram(tokens, counts, config)
     else:
-        detection = detect_mixture(tokens, counts, features, config)
+        reference_counts = None
+        if config.reference is not None:
+            reference = ShardSet.open(config.reference)
+            if (reference.tokenizer, reference.vocab_size) != (shards.tokenizer, vocab):
+                raise NoisyLMError(
+                    f"--reference {config.reference} uses tokenizer {reference.tokenizer!r} "
+                    f"(V={reference.vocab_size}), the scanned set {shards.tokenizer!r} (V={vocab}); "
+                    "prepare the reference with the same tokenizer"
+                )
+            reference_counts = unigram_counts(
+                np.asarray(reference.tokens(config.reference_split)),
+                vocab,
+                config.chunk_tokens,
+                config.reference,
+            )
+        detection = detect_mixture(tokens, counts, features, config, reference_counts)
     spans = detection.spans
     flagged = int(spans[:, 1].sum())
     alpha_hat = flagged / n
@@ -1201,7 +1237,7 @@ def validate(
     rows = [
         {
             "tokenizer": clean.tokenizer,
-            "kind": "none (clean)",
+            "kind": "none (clean)" if config.reference is None else "none (clean) + reference",
             "placement": "-",
             "alpha": 0.0,
             "alpha_hat": report["alpha_hat"],
@@ -1225,7 +1261,7 @@ def validate(
                 rows.append(
                     {
                         "tokenizer": clean.tokenizer,
-                        "kind": kind,
+                        "kind": kind if config.reference is None else f"{kind} + reference",
                         "placement": placement,
                         "alpha": truth["alpha"],
                         "alpha_hat": truth["alpha_hat"],
