@@ -7,6 +7,7 @@ import json
 from noisylm.demo import main
 
 QUICK = [
+    "parallel=1",  # in-process runs (test_sweep covers parallel ones): no interpreter start-up per run
     "train.model=tiny",
     "train.max_iters=4",
     "train.batch_size=2",

@@ -317,3 +317,14 @@ def test_bundled_domain_is_tokenized_like_the_clean_shards(tmp_path, shakespeare
     assert manifest["tokenizer"] == "bytes" and manifest["splits"]["val"]["tokens"] > 0
     meta = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert meta["domains"] == {"docs": "data/docs"} and [r["name"] for r in meta["runs"]] == ["clean"]
+
+
+def test_parallel_runs_give_the_same_numbers(finished_sweep, tmp_path, tiny_config):
+    config = tiny_config()
+    config.parallel = 2  # two `noisylm train` processes at a time, one thread each (as the fixture)
+    summary = sweep(config, tmp_path / "sweep")
+    assert summary["counts"]["finished"] == len(RUNS)
+    reference = json.loads((finished_sweep / "summary.json").read_text())
+    assert [r["eval"] for r in summary["runs"]] == [r["eval"] for r in reference["runs"]]
+    with pytest.raises(UsageError, match="parallel"):
+        SweepConfig(data="x", parallel=2, launcher="torchrun")

@@ -26,6 +26,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -88,6 +89,9 @@ class SweepConfig:
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields shared by every run
     launcher: str = "inprocess"  # "torchrun" launches each run as `torchrun ... noisylm train`
     nproc_per_node: int = 1  # processes per run under torchrun (GPUs per node)
+    # Runs trained at once, each in its own `noisylm train` process on one thread (launcher "inprocess"
+    # only): on a small CPU, two single-threaded runs use two cores better than one two-threaded run.
+    parallel: int = 1
 
     def __post_init__(self) -> None:
         self.noise = [n if isinstance(n, NoiseSpec) else _make(NoiseSpec, n, "noise") for n in self.noise]
@@ -99,6 +103,12 @@ class SweepConfig:
             raise UsageError(f"launcher {self.launcher!r} is not valid; use one of: {', '.join(LAUNCHERS)}")
         if self.nproc_per_node < 1:
             raise UsageError(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
+        if self.parallel < 1:
+            raise UsageError(f"parallel must be >= 1, got {self.parallel}")
+        if self.parallel > 1 and self.launcher != "inprocess":
+            raise UsageError(
+                "parallel > 1 needs launcher = 'inprocess'; a scheduler parallelises torchrun jobs"
+            )
         if not self.clean and not self.noise:
             raise UsageError("the sweep has no runs; set clean = true or add a [[noise]] entry")
         for name in self.domains:
@@ -312,23 +322,44 @@ def sweep(
         return summary
 
     todo = [p for p in plan if not only or p["entry"]["name"] in only]
+    jobs = []
     for index, p in enumerate(todo, 1):
-        name = p["entry"]["name"]
-        run_dir = out / p["entry"]["run_dir"]
-        status = run_status(run_dir)
+        status = run_status(out / p["entry"]["run_dir"])
         if status == "finished" or (status == "failed" and not retry_failed):
-            print(f"[{index}/{len(todo)}] {name}: {status}, skipped", file=sys.stderr)
-            continue
-        verb = "resuming" if status == "interrupted" else "training"
-        print(f"[{index}/{len(todo)}] {name}: {verb} in {run_dir}", file=sys.stderr)
-        try:
-            _train_one(config, p, run_dir, resume=_has_checkpoint(run_dir))
-        except NoisyLMError as exc:
-            _record_failure(run_dir, str(exc))
-            print(f"[{index}/{len(todo)}] {name}: failed: {exc}", file=sys.stderr)
-        finally:
-            write_summary(out)
+            print(f"[{index}/{len(todo)}] {p['entry']['name']}: {status}, skipped", file=sys.stderr)
+        else:
+            jobs.append((f"[{index}/{len(todo)}] {p['entry']['name']}", p, status))
+    if config.parallel > 1 and len(jobs) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=config.parallel) as pool:
+            list(pool.map(lambda job: _run_job(config, out, *job, in_process=False), jobs))
+    else:
+        for job in jobs:
+            _run_job(config, out, *job, in_process=True)
     return write_summary(out)
+
+
+def _run_job(
+    config: SweepConfig, out: Path, label: str, plan: dict[str, Any], status: str, in_process: bool
+) -> None:
+    run_dir = out / plan["entry"]["run_dir"]
+    verb = "resuming" if status == "interrupted" else "training"
+    print(f"{label}: {verb} in {run_dir}", file=sys.stderr, flush=True)
+    try:
+        if in_process:
+            _train_one(config, plan, run_dir, resume=_has_checkpoint(run_dir))
+        else:
+            _train_subprocess(plan, run_dir, resume=_has_checkpoint(run_dir))
+        print(f"{label}: {run_status(run_dir)}", file=sys.stderr, flush=True)
+    except NoisyLMError as exc:
+        _record_failure(run_dir, str(exc))
+        print(f"{label}: failed: {exc}", file=sys.stderr, flush=True)
+    except _Stopped as exc:
+        print(f"{label}: {exc}", file=sys.stderr, flush=True)
+    finally:
+        with _SUMMARY_LOCK:  # parallel runs finish in worker threads; one summary writer at a time
+            write_summary(out)
 
 
 def _claim_sweep_dir(out: Path, config: SweepConfig, overwrite: bool) -> None:
@@ -530,6 +561,25 @@ def _train_one(config: SweepConfig, plan: dict[str, Any], run_dir: Path, resume:
     from noisylm.training import TrainConfig, train
 
     train(TrainConfig.from_dict(dict(plan["train"])), run_dir, resume=resume, overwrite=not resume)
+
+
+_SUMMARY_LOCK = threading.Lock()
+
+
+def _train_subprocess(plan: dict[str, Any], run_dir: Path, resume: bool) -> None:
+    """One run as its own single-threaded `noisylm train` process (for ``parallel`` > 1)."""
+    argv = [sys.executable, "-m", "noisylm", "train", str(plan["config_path"]), "--out", str(run_dir)]
+    argv += ["--resume" if resume else "--overwrite", "--threads", "1", "--progress", "false"]
+    result = subprocess.run(argv, check=False, capture_output=True, text=True)
+    if result.returncode in (1, 2):  # the trainer refused or failed: one line that says why
+        lines = (result.stderr or result.stdout).strip().splitlines() or [f"exit code {result.returncode}"]
+        raise NoisyLMError(lines[-1])
+    if result.returncode != 0:  # killed or interrupted: the run stays resumable
+        raise _Stopped(f"stopped with exit code {result.returncode}; run the sweep again to resume it")
+
+
+class _Stopped(Exception):
+    """A run's process was killed or interrupted (not a failure of the run itself)."""
 
 
 def _record_failure(run_dir: Path, message: str) -> None:
