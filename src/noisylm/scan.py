@@ -789,8 +789,10 @@ def predict_cost(
             "source": "paper Sec. 3.2: 5% random noise raised GPT-2 124M's clean loss by 0.2%",
         },
     }
-    if not 0.0 < alpha_hat < 1.0:
+    if not (0.0 < alpha_hat < 1.0 and math.isfinite(clean_loss) and math.isfinite(noise_loss)):
         out.update(increase_nats=0.0, increase_relative=0.0, statement=None, grid=[])
+        out["clean_loss"] = clean_loss if math.isfinite(clean_loss) else None
+        out["noise_loss"] = noise_loss if math.isfinite(noise_loss) else None
         out["note"] = "no noise flagged: nothing to predict" if alpha_hat == 0 else "all tokens flagged"
         return out
     p_c, p_n = math.exp(-clean_loss), math.exp(-noise_loss)
@@ -805,8 +807,8 @@ def predict_cost(
                 "statement": prop.statement,
                 "eta": prop.eta,
                 "alpha_star": prop.alpha_star,
-                "increase_optimum_nats": optimum,
-                "increase_bound_nats": bound,
+                "increase_optimum_nats": optimum if math.isfinite(optimum) else None,  # inf: no bound
+                "increase_bound_nats": bound if math.isfinite(bound) else None,
             }
         )
     headline = next(g for g in grid if g["k"] == float(k))
@@ -814,7 +816,11 @@ def predict_cost(
         statement=headline["statement"],
         increase_nats=headline["increase_optimum_nats"],
         increase_bound_nats=headline["increase_bound_nats"],
-        increase_relative=headline["increase_optimum_nats"] / clean_loss if clean_loss > 0 else None,
+        increase_relative=(
+            headline["increase_optimum_nats"] / clean_loss
+            if clean_loss > 0 and headline["increase_optimum_nats"] is not None
+            else None
+        ),
         grid=grid,
     )
     return out
@@ -990,12 +996,15 @@ def scan(
     noise_counts = _span_counts(tokens, spans, vocab)
     clean_counts = counts - noise_counts
     if model_losses is not None:
-        mask = np.ones(n, dtype=bool)
+        in_span = np.zeros(n, dtype=bool)
         for o, length in spans.tolist():
-            mask[o : o + length] = False
-        mask[0] = False  # the first token has no loss
-        clean_loss = float(model_losses[mask].mean()) if mask.any() else float("nan")
-        noise_loss = float(model_losses[~mask][1:].mean()) if flagged else float("nan")
+            in_span[o : o + length] = True
+        has_loss = np.ones(n, dtype=bool)
+        has_loss[0] = False  # the first token has no context, hence no loss
+        clean = has_loss & ~in_span
+        noisy = has_loss & in_span
+        clean_loss = float(model_losses[clean].mean()) if clean.any() else float("nan")
+        noise_loss = float(model_losses[noisy].mean()) if noisy.any() else float("nan")
         basis = f"model {config.model}"
     else:
         log_qc = _log_unigram(clean_counts, 1.0)  # Laplace: a model that gives every token some mass
@@ -1004,7 +1013,9 @@ def scan(
         basis = (
             "unigram model of the unflagged tokens (add-one smoothing): an upper bound on a model's losses"
         )
-    prediction = predict_cost(alpha_hat, clean_loss, noise_loss if flagged else clean_loss, k, basis)
+    if not math.isfinite(noise_loss):
+        noise_loss = clean_loss
+    prediction = predict_cost(alpha_hat, clean_loss, noise_loss, k, basis)
     seconds = time.perf_counter() - started
 
     truth = None
@@ -1043,7 +1054,10 @@ def scan(
         "window_scores": {
             "windows": len(scores),
             "flagged": int((scores > detection.threshold).sum()),
-            "quantiles": {str(q): float(np.quantile(scores, q)) for q in (0.01, 0.5, 0.99)},
+            "quantiles": {  # from an evenly strided sample, like every robust statistic here
+                str(q): float(np.quantile(scores[:: max(1, len(scores) // MAX_QUANTILE_SAMPLE)], q))
+                for q in (0.01, 0.5, 0.99)
+            },
         },
         "features": feature_summary,
         "details": detection.details,
@@ -1066,6 +1080,10 @@ def scan(
     return report
 
 
+def _nats(value: float | None) -> str:
+    return "no bound" if value is None else f"{value:.4g}"
+
+
 def _verdict(alpha_hat: float, prediction: dict[str, Any]) -> str:
     if alpha_hat == 0:
         return "no random-noise spans found: nothing to filter"
@@ -1073,7 +1091,7 @@ def _verdict(alpha_hat: float, prediction: dict[str, Any]) -> str:
     rel_text = f"{100 * rel:.3g}%" if rel is not None else "n/a"
     return (
         f"{100 * alpha_hat:.3g}% of the tokens look like random noise; keeping them is predicted to "
-        f"raise the clean loss by {prediction.get('increase_nats', 0.0):.3g} nats ({rel_text}, Prop. 1, "
+        f"raise the clean loss by {_nats(prediction.get('increase_nats'))} nats ({rel_text}, Prop. 1, "
         f"k={prediction['k']:g}); filtering saves {100 * alpha_hat:.3g}% of the training tokens"
     )
 
@@ -1125,7 +1143,7 @@ def _markdown(report: dict[str, Any]) -> str:
         for g in pred["grid"]:
             lines.append(
                 f"| {g['k']:g} | {g['statement']} | {g['eta']:.3g} | {g['alpha_star']:.3g} | "
-                f"{g['increase_optimum_nats']:.4g} | {g['increase_bound_nats']:.4g} |"
+                f"{_nats(g['increase_optimum_nats'])} | {_nats(g['increase_bound_nats'])} |"
             )
         rule = pred["paper_rule_of_thumb"]
         lines += [
