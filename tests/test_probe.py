@@ -223,15 +223,21 @@ def test_cli_probe(digits_cache, tmp_path, capsys):
     assert "unknown loss 'sam'" in capsys.readouterr().err
 
 
-def test_probe_on_real_minilm_wordnet_features(wordnet_minilm_cache, tmp_path):
-    """The demo's path on a small real cache: MiniLM features of WordNet glosses, 26 classes."""
+def test_probe_on_real_minilm_wordnet_features(wordnet_minilm_cache, digits_cache, tmp_path):
+    """The demo's path on a small real cache (MiniLM features of WordNet glosses, 26 classes), probed
+    together with the digits cache: one table, a row pair per backbone, a column per dataset."""
     config = ProbeConfig(
         heads=("linear",), losses=("ce", "lgm"), preset="quick", epochs=6, lrs=(3e-3,), batch_sizes=(32,),
         seeds=2, figure6=False, device="cpu", progress=False,
     )  # fmt: skip
-    summary = probe([wordnet_minilm_cache], tmp_path / "wn", config)
+    summary = probe([wordnet_minilm_cache, digits_cache], tmp_path / "wn", config)
     majority = 100 * torch.bincount(load_probe_data(wordnet_minilm_cache).splits["test"][1]).max().item() / 78
-    for row in summary["rows"]:
-        assert (row["backbone"], row["dataset"]) == ("minilm", "wordnet")
+    wordnet_rows = [r for r in summary["rows"] if r["dataset"] == "wordnet"]
+    assert [(r["backbone"], r["loss"]) for r in wordnet_rows] == [("minilm", "ce"), ("minilm", "lgm")]
+    for row in wordnet_rows:
         assert row["mean"] > majority + 15  # well above the majority class
-    assert "| minilm + L_gm |" in (tmp_path / "wn" / "table_main.md").read_text()
+    table = (tmp_path / "wn" / "table_main.md").read_text().splitlines()
+    assert "| wordnet Linear | digits Linear | Avg Linear |" in table[2]
+    names = [line.split("|")[1].strip() for line in table[4:]]
+    assert names == ["minilm", "minilm + L_gm", "pixels", "pixels + L_gm"]
+    assert table[4].split("|")[3].strip() == "/"  # minilm was not run on digits
