@@ -85,6 +85,8 @@ def test_probe_outputs_and_protocol(digits_probe):
     assert (out / "figure6.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fractions = summary["figure6"]["correct_fraction"]
     assert len(fractions) == 3 and all(0 <= f <= 1 for f in fractions.values())
+    # The plane is widened until the CE head labels at most half of it correctly (decision boundaries show).
+    assert fractions["(a) CE, no regulariser"] <= 0.5 and summary["figure6"]["head"] == "mlp"
 
 
 def test_tables_have_the_paper_layout(digits_probe):
