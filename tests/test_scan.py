@@ -206,6 +206,21 @@ def test_bad_inputs_one_line_nonzero_nothing_partial(noisy_bytes, tmp_path, caps
     code, err = _cli_error([str(corrupt), "--out", str(tmp_path / "o2")], capsys)
     assert code == 1 and "JSON" in err and not (tmp_path / "o2").exists()
 
+    manifest = json.loads((Path(noisy_bytes) / MANIFEST).read_text())
+    (corrupt / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if k != "vocab_size"}))
+    code, err = _cli_error([str(corrupt), "--out", str(tmp_path / "o2")], capsys)
+    assert code == 1 and "vocab_size" in err and not (tmp_path / "o2").exists()
+
+    bad_ids = tmp_path / "bad-ids"  # a token id outside the vocabulary: corrupt data, not a crash
+    bad_ids.mkdir()
+    for name in ("train.bin", "val.bin", "noise.bin", MANIFEST):
+        (bad_ids / name).write_bytes((Path(noisy_bytes) / name).read_bytes())
+    data = np.fromfile(bad_ids / "train.bin", dtype=np.uint16)
+    data[1000] = 300
+    data.tofile(bad_ids / "train.bin")
+    code, err = _cli_error([str(bad_ids), "--out", str(tmp_path / "o2b")], capsys)
+    assert code == 1 and "300 >= vocab_size 257" in err and not (tmp_path / "o2b").exists()
+
     existing = tmp_path / "exists"
     existing.mkdir()
     (existing / "keep.txt").write_text("mine")
@@ -225,7 +240,7 @@ def test_bad_inputs_one_line_nonzero_nothing_partial(noisy_bytes, tmp_path, caps
         S.ScanConfig(detector="model")
 
 
-def test_model_vocab_mismatch_is_refused(shakespeare_gpt2, noisy_bytes, tmp_path, capsys):
+def test_model_vocab_mismatch_is_refused(noisy_bytes, tmp_path, capsys):
     import torch
 
     from noisylm.model import GPT, preset
