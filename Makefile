@@ -30,8 +30,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# Every benchmark; each compares against its reference in the same run and prints a table.
+# bench_train needs a local nanoGPT clone: make bench NANOGPT_DIR=/path/to/nanoGPT
+NANOGPT_DIR ?= ../nanoGPT
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_train.py --nanogpt-dir $(NANOGPT_DIR)
+	$(BIN)/python benchmarks/bench_scan.py
+	$(BIN)/python benchmarks/bench_lgm.py
+	$(BIN)/python benchmarks/bench_features.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
