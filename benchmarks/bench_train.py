@@ -88,7 +88,14 @@ def bench_nanogpt(nanogpt_dir: Path, work: Path, iters: int, env: dict[str, str]
     return {"losses": [r[1] for r in rows], "tokens_per_s": [tokens / r[2] for r in rows], "rss": rss}
 
 
-def bench_noisylm(data: Path, work: Path, iters: int, dtype: str, env: dict[str, str], tag: str) -> dict:
+VARIANTS = {  # noisylm settings to try; the fastest is reported as its best CPU setting
+    "fp32": {"dtype": "float32"},
+    "bf16": {"dtype": "bfloat16"},
+    "fp32+compile": {"dtype": "float32", "compile": "true"},
+}
+
+
+def bench_noisylm(data: Path, work: Path, iters: int, variant: dict, env: dict[str, str], tag: str) -> dict:
     out = work / f"run-{tag}"
     args = {
         **COMMON,
@@ -110,7 +117,7 @@ def bench_noisylm(data: Path, work: Path, iters: int, dtype: str, env: dict[str,
         "tensorboard": "false",
         "progress": "false",
         "device": "cpu",
-        "dtype": dtype,
+        **variant,
     }
     cmd = [sys.executable, "-m", "noisylm", "train", "--out", str(out), "--overwrite"]
     cmd += [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
@@ -133,7 +140,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="iterations left out of the median")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration, interleaved")
     parser.add_argument("--plays", type=int, default=8, help="Shakespeare plays in the data")
-    parser.add_argument("--best-dtype", default="bfloat16", help="noisylm's best CPU setting to compare")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="noisylm settings to run",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     if not (args.nanogpt_dir / "train.py").is_file():
@@ -142,20 +155,16 @@ def main() -> None:
         )
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    results: dict[str, list[dict]] = {
-        "nanoGPT fp32": [],
-        "noisylm fp32": [],
-        f"noisylm {args.best_dtype}": [],
-    }
+    results: dict[str, list[dict]] = {"nanoGPT fp32": [], **{f"noisylm {v}": [] for v in args.variants}}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
         data = prepare_data(work, args.plays)
         for repeat in range(args.repeats):
             started = time.time()
             results["nanoGPT fp32"].append(bench_nanogpt(args.nanogpt_dir, work, args.iters, env))
-            results["noisylm fp32"].append(bench_noisylm(data, work, args.iters, "float32", env, "fp32"))
-            best = bench_noisylm(data, work, args.iters, args.best_dtype, env, "best")
-            results[f"noisylm {args.best_dtype}"].append(best)
+            for i, name in enumerate(args.variants):
+                result = bench_noisylm(data, work, args.iters, VARIANTS[name], env, f"v{i}")
+                results[f"noisylm {name}"].append(result)
             print(f"repeat {repeat + 1}/{args.repeats} took {time.time() - started:.0f} s", file=sys.stderr)
 
     def summarise(runs: list[dict]) -> dict:

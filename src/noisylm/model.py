@@ -277,6 +277,7 @@ def _fused_adamw_supported(device: torch.device) -> bool:
 # Chunked cross-entropy: the output layer without the full logits matrix.
 
 
+@torch.compiler.disable  # a Python loop over chunks: torch.compile compiles the blocks, this runs eagerly
 def chunked_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
