@@ -91,9 +91,10 @@ def test_corrupt_or_missing_checkpoints_are_one_clear_error(tmp_path):
     (path / "trainer_state.json").write_text("{not json")
     with pytest.raises(NoisyLMError, match="ckpt-0000003 is corrupt"):
         ckpt.load_model(path)
-    (path / "trainer_state.json").write_text(json.dumps({"format": ckpt.CHECKPOINT_FORMAT, "model": {}}))
+    other = dict(model.config.to_dict(), n_embd=32)
+    (path / "trainer_state.json").write_text(json.dumps({"format": ckpt.CHECKPOINT_FORMAT, "model": other}))
     with pytest.raises(NoisyLMError, match="different model config"):
-        ckpt.load_model(path)  # default GPTConfig, different shapes
+        ckpt.load_model(path)
     (path / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(NoisyLMError, match="corrupt"):
         ckpt.load_weights(model, path)

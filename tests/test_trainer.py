@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -230,6 +231,8 @@ def test_bad_data_is_one_clear_error(tmp_path, shakespeare_bytes, shakespeare_gp
             "val.*fewer than block",
         ),
     ]
+    if importlib.util.find_spec("wandb") is None:
+        cases.append((config(shakespeare_bytes, wandb_project="p"), "pip install wandb"))
     for cfg, words in cases:
         with pytest.raises(NoisyLMError, match=words) as info:
             train(cfg, tmp_path / "run")

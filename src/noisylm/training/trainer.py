@@ -8,6 +8,7 @@ evaluation on named sets, atomic checkpoints and exact resume added.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import shutil
@@ -232,6 +233,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dd
         torch.set_num_threads(config.threads)
 
     # Everything that can fail on bad input, before the run directory is touched.
+    if config.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise NoisyLMError("wandb_project is set but wandb is not installed; pip install wandb, or unset it")
     vocab = ShardSet.open(config.data).vocab_size
     model_config = config.model_config(vocab)
     shards, windows, eval_sets = open_training_data(config, model_config.block_size)
