@@ -75,7 +75,10 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=keep_until_iter)
+            self.tb = SummaryWriter(
+                log_dir=str(run_dir / "tb"),
+                purge_step=None if keep_until_iter is None else keep_until_iter + 1,
+            )
         self.wandb = None
         if wandb_project:
             try:
