@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "noise and on extra domains. Finished runs are skipped; interrupted runs resume from their\n"
         "last checkpoint; summary.json / summary.md list every run's status and final numbers.",
         epilog="presets (shipped in noisylm/configs/):\n"
-        "  demo        bytes tokenizer, tiny GPT, bundled Shakespeare + Python docs; CPU, minutes\n"
+        "  demo        bytes tokenizer, small 0.8M GPT, bundled Shakespeare + Python docs; CPU\n"
         "  paper-124m  GPT-2 124M as in the paper (gpt2 tokenizer, 1024 context, 16 x 40 batch,\n"
         "              300k iterations, lr 6e-4 -> 6e-5); needs --set data=DIR\n"
         "  paper-774m  the same recipe with GPT-2 774M\n\n"
