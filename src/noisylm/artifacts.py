@@ -57,10 +57,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     tmp = _tmp_name(path)
-    try:
+    with _removed_on_failure(tmp, path):
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path, path: Path) -> Iterator[None]:
+    """Remove the temporary ``tmp`` if the block fails; an OSError becomes one line naming ``path``."""
+    try:
+        yield
     except OSError as exc:
         _remove(tmp)
         raise NoisyLMError(
@@ -93,8 +100,6 @@ def _json_default(obj: Any) -> Any:
         return obj.tolist()
     if hasattr(obj, "item"):  # numpy / torch scalars
         return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
@@ -123,7 +128,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         tmp.chmod(0o777 & ~umask)
     except OSError as exc:
         raise NoisyLMError(f"cannot create {path}: {exc.strerror or exc}; check the path") from exc
-    try:
+    with _removed_on_failure(tmp, path):
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -132,14 +137,6 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             _remove(old)
         else:
             os.replace(tmp, path)
-    except OSError as exc:
-        _remove(tmp)
-        raise NoisyLMError(
-            f"cannot write {path}: {exc.strerror or exc}; check the path and free space"
-        ) from exc
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def _remove(path: Path) -> None:
