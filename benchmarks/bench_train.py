@@ -171,6 +171,7 @@ def main() -> None:
         speeds = [s for r in runs for s in r["tokens_per_s"][args.warmup :]]
         return {
             "tokens_per_s": statistics.median(speeds),
+            "per_repeat": [statistics.median(r["tokens_per_s"][args.warmup :]) for r in runs],
             "peak_rss_mib": max(r["rss"] for r in runs) / 2**20,
             "final_loss": statistics.mean(loss for r in runs for loss in r["losses"][-5:]),
         }
@@ -180,11 +181,12 @@ def main() -> None:
     print(
         f"\n{args.iters} iterations x 8 x 256 tokens, median over iterations {args.warmup + 1}..{args.iters}"
     )
-    print("| run | tokens/s (median) | vs nanoGPT | peak RSS (MiB) | loss, last 5 iters |")
-    print("|---|---:|---:|---:|---:|")
+    print("| run | tokens/s (median) | vs nanoGPT | per repeat | peak RSS (MiB) | loss, last 5 iters |")
+    print("|---|---:|---:|---|---:|---:|")
     for name, row in table.items():
+        repeats = " / ".join(f"{v:,.0f}" for v in row["per_repeat"])
         print(
-            f"| {name} | {row['tokens_per_s']:,.0f} | {row['tokens_per_s'] / base:.2f}x | "
+            f"| {name} | {row['tokens_per_s']:,.0f} | {row['tokens_per_s'] / base:.2f}x | {repeats} | "
             f"{row['peak_rss_mib']:,.0f} | {row['final_loss']:.3f} |"
         )
     if args.json:
