@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from noisylm.errors import NoisyLMError, UsageError
 from noisylm.heads import LinearHead, MLPHead
-from noisylm.lgm import VARIANTS, LGMLoss, _gram_or_direct_sq, lgm_penalty
+from noisylm.lgm import VARIANTS, LGMLoss, _gram_or_direct_sq, _times_transposed, lgm_penalty
 
 DT = torch.float64
 
@@ -145,6 +145,15 @@ def test_gradient_of_penalty_matches_finite_differences(kind, method):
             flat[index] = old
             numeric = (up - down) / (2 * eps)
             assert param.grad.view(-1)[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 8, 9, 20])
+def test_both_layouts_of_rows_times_weight_transposed_agree(classes):
+    gen = torch.Generator().manual_seed(classes)
+    rows = torch.randn(24, 33, generator=gen, dtype=DT)
+    weight = torch.randn(classes, 33, generator=gen, dtype=DT)
+    reference = torch.einsum("bd,cd->bc", rows, weight)
+    torch.testing.assert_close(_times_transposed(rows, weight), reference, rtol=1e-12, atol=1e-12)
 
 
 def test_gram_and_direct_products_agree():
