@@ -3,8 +3,13 @@ by `noisylm extract --backbone pixels`), CE vs CE + LGM, tables, Figure 6, and e
 
 from __future__ import annotations
 
+import hashlib
 import json
+import signal
 import statistics
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -17,7 +22,9 @@ from noisylm.probe import (
     ProbeData,
     RunSpec,
     check_probe_data,
+    load_init_head,
     load_probe_data,
+    partial_dir,
     probe,
     train_head,
 )
@@ -69,6 +76,9 @@ def test_probe_outputs_and_protocol(digits_probe):
     assert len([r for r in records if r["phase"] == "final"]) == 2 * 3 * config.seeds
     assert len([r for r in records if r["phase"] == "sensitivity"]) == 2 * config.seeds
     assert len(summary["rows"]) == 6
+    assert summary["reused_runs"] == 0 and not partial_dir(out).exists()  # the progress folder is gone
+    assert all(r["anchor_weight"] == 0.0 and r["init_head"] is None for r in records)
+    assert all(r["distance_to_init"] > 0 for r in records if r["phase"] != "figure6")
     for row in summary["rows"]:
         finals = [
             100 * r["test_acc"]
@@ -155,7 +165,7 @@ def test_bad_caches_fail_before_training_and_write_nothing(digits_cache, tmp_pat
         probe([nan], out, config)
     with pytest.raises(NoisyLMError, match="not found"):
         probe([tmp_path / "missing"], out, config)
-    assert not out.exists()
+    assert not out.exists() and not partial_dir(out).exists()
     # An existing output is kept unless --overwrite.
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -197,6 +207,15 @@ def test_bad_config_values():
         ProbeConfig(gammas=(-0.1,))
     with pytest.raises(UsageError, match="add `lgm` to the losses"):
         ProbeConfig(losses=("ce",), sensitivity=((0.1, 0.1),))
+    with pytest.raises(UsageError, match="select_seeds must be >= 1"):
+        ProbeConfig(select_seeds=0)
+    for bad in (-0.5, float("inf"), float("nan")):
+        with pytest.raises(UsageError, match="anchor_weight .* must be a finite number >= 0"):
+            ProbeConfig(anchor_weight=bad)
+    with pytest.raises(UsageError, match="anchor_weight must be a number"):
+        ProbeConfig(anchor_weight="lots")
+    with pytest.raises(UsageError, match="probe a single head kind"):
+        ProbeConfig(heads=("linear", "mlp"), init_head="h0.safetensors")
 
 
 def test_cli_probe(digits_cache, tmp_path, capsys):
@@ -243,3 +262,246 @@ def test_probe_on_real_minilm_wordnet_features(wordnet_minilm_cache, digits_cach
     names = [line.split("|")[1].strip() for line in table[4:]]
     assert names == ["minilm", "minilm + L_gm", "pixels", "pixels + L_gm"]
     assert table[4].split("|")[3].strip() == "/"  # minilm was not run on digits
+
+
+# --------------------------------------------------------------------------------------------------
+# L2-SP anchoring and initial head weights (Table 4's setting).
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _least_squares_head(data, path):
+    """An independent linear classifier: least squares on one-hot targets (numpy), saved as a head."""
+    import numpy as np
+
+    x, y = (t.numpy() for t in data.splits["train"])
+    design = np.hstack([x, np.ones((len(x), 1))]).astype(np.float64)
+    solution = np.linalg.lstsq(design, np.eye(data.num_classes)[y], rcond=None)[0]  # [d + 1, C]
+    weight = torch.from_numpy(solution[:-1].T.copy()).float()
+    bias = torch.from_numpy(solution[-1].copy()).float()
+    save_file({"weight": weight, "bias": bias}, str(path))
+    return weight, bias
+
+
+def test_l2sp_anchor_keeps_the_head_near_its_initial_weights(digits_cache, tmp_path):
+    data = load_probe_data(digits_cache)
+    recipe = ProbeConfig(**TINY).recipe("linear")
+    generator = torch.Generator().manual_seed(123)
+    theta0 = {"weight": 0.1 * torch.randn(10, 64, generator=generator), "bias": torch.zeros(10)}
+    save_file(theta0, str(tmp_path / "h0.safetensors"))
+    state, sha = load_init_head(tmp_path / "h0.safetensors", "linear", [data])
+    assert sha == hashlib.sha256((tmp_path / "h0.safetensors").read_bytes()).hexdigest()
+    for loss, gamma, lam in (("ce", 0.0, 0.0), ("lgm", 0.05, 0.5)):  # ce anchors too
+        distance = {}
+        for alpha in (0.0, 10.0):
+            spec = RunSpec("linear", loss, 0.01, 64, gamma, lam, 0, anchor_weight=alpha)
+            head, _ = train_head(data, spec, recipe, torch.device("cpu"), init_state=state)
+            with torch.no_grad():
+                shift = torch.cat([(head.weight - theta0["weight"]).flatten(), head.bias - theta0["bias"]])
+            distance[alpha] = float(shift.norm())
+        assert distance[0.0] > 1  # the unanchored head moves far from θ₀ ...
+        assert distance[10.0] < 0.1 * distance[0.0]  # ... the anchored one stays close
+
+
+def test_init_head_is_loaded_and_recorded(digits_cache, tmp_path):
+    data = load_probe_data(digits_cache)
+    path = tmp_path / "lstsq.safetensors"
+    weight, bias = _least_squares_head(data, path)
+
+    def reference_accuracy(split):
+        x, y = data.splits[split]
+        return float(((x @ weight.T + bias).argmax(1) == y).double().mean())
+
+    assert reference_accuracy("val") > 0.8  # far from what a random init scores (~0.1)
+    # lr 1e-12: training cannot move the head, so every run predicts exactly as the file's weights do.
+    config = ProbeConfig(
+        heads=("linear",), losses=("ce", "lgm"), preset="quick", epochs=1, lrs=(1e-12,), batch_sizes=(256,),
+        seeds=2, figure6=False, device="cpu", progress=False, init_head=str(path),
+    )  # fmt: skip
+    summary = probe([digits_cache], tmp_path / "out", config)
+    records = _records(tmp_path / "out")
+    assert len(records) == 2 * (1 + 2)
+    for record in records:
+        assert record["val_acc"] == pytest.approx(reference_accuracy("val"), abs=1e-12)
+        assert record["init_head"] == str(path) and record["distance_to_init"] < 1e-6
+        if record["phase"] == "final":
+            assert record["test_acc"] == pytest.approx(reference_accuracy("test"), abs=1e-12)
+    assert all(row["init_head"] == str(path) for row in summary["rows"])
+    meta = json.loads((tmp_path / "out" / "probe.json").read_text())
+    assert meta["config"]["init_head"] == str(path)
+    assert meta["init_head_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "Heads start from lstsq.safetensors." in (tmp_path / "out" / "table_main.md").read_text()
+
+
+def test_cli_anchor_weight_and_init_head(digits_cache, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["probe", str(digits_cache), "--heads", "linear", "--losses", "ce", "--preset", "quick"]
+    base += ["--epochs", "2", "--lr", "0.01", "--batch-size", "64", "--seeds", "1", "--no-figure6"]
+    base += ["--no-progress"]
+    good = tmp_path / "h0.safetensors"
+    _least_squares_head(load_probe_data(digits_cache), good)
+    wrong_keys = tmp_path / "mlp.safetensors"
+    save_file({"fc1.weight": torch.zeros(64, 64), "fc1.bias": torch.zeros(64)}, str(wrong_keys))
+    wrong_shape = tmp_path / "narrow.safetensors"
+    save_file({"weight": torch.zeros(10, 32), "bias": torch.zeros(10)}, str(wrong_shape))
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    cases = [
+        (["--anchor-weight", "-1"], 2, "anchor_weight (α of the L2-SP term) must be a finite number >= 0"),
+        (["--anchor-weight", "nan"], 2, "must be a finite number >= 0, got nan"),
+        (["--init-head", str(tmp_path / "none.safetensors")], 1, "none.safetensors not found"),
+        (["--init-head", str(garbage)], 1, "cannot read init head"),
+        (["--init-head", str(wrong_keys)], 1, "missing keys ['bias', 'weight'], unexpected keys ['fc1.bias'"),
+        (["--init-head", str(wrong_shape)], 1, "weight has shape (10, 32) but the linear head for"),
+        (["--init-head", str(good), "--heads", "linear", "mlp"], 2, "probe a single head kind"),
+        (["--select-seeds", "0"], 2, "select_seeds must be >= 1"),
+    ]
+    for extra, code, message in cases:
+        assert main([*base, "--out", str(out), *extra]) == code, extra
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() and not partial_dir(out).exists()  # nothing left behind
+    # The same head from the same file, free and anchored: α pulls the trained head back to θ₀.
+    distance = {}
+    for alpha in ("0", "10"):
+        run_out = tmp_path / f"alpha{alpha}"
+        assert main([*base, "--out", str(run_out), "--init-head", str(good), "--anchor-weight", alpha]) == 0
+        records = _records(run_out)
+        assert {r["anchor_weight"] for r in records} == {float(alpha)}
+        assert json.loads((run_out / "probe.json").read_text())["config"]["anchor_weight"] == float(alpha)
+        distance[alpha] = next(r["distance_to_init"] for r in records if r["phase"] == "final")
+    capsys.readouterr()
+    assert distance["10"] < 0.1 * distance["0"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Selection over several seeds.
+
+
+def test_select_seeds_scores_each_grid_point_by_its_mean_validation_accuracy(digits_cache, tmp_path):
+    base = dict(
+        heads=("linear",), losses=("ce", "lgm"), preset="quick", epochs=2, lrs=(0.03, 0.001),
+        batch_sizes=(64,), gammas=(0.05,), lams=(0.15, 1.0), seeds=1, figure6=False, device="cpu",
+        progress=False,
+    )  # fmt: skip
+    probe([digits_cache], tmp_path / "one", ProbeConfig(**base))
+    # resume=True with nothing to resume simply runs the probe.
+    two = probe([digits_cache], tmp_path / "two", ProbeConfig(**base, select_seeds=2), resume=True)
+    select_one = [r for r in _records(tmp_path / "one") if r["phase"] == "select"]
+    select_two = [r for r in _records(tmp_path / "two") if r["phase"] == "select"]
+    assert len(select_one) == 2 + 2 * 2  # ce: 2 lrs; lgm: 2 lrs x 2 lambdas
+    assert len(select_two) == 2 * len(select_one)
+
+    def point(r):
+        return r["loss"], r["lr"], r["batch_size"], r["gamma"], r["lam"]
+
+    # Seed 0's selection runs are the very runs of the one-seed probe; seed 1 adds a second run per point.
+    assert [(point(r), r["val_acc"]) for r in select_one] == [
+        (point(r), r["val_acc"]) for r in select_two if r["seed"] == 0
+    ]
+    for row in two["rows"]:
+        runs: dict[tuple, list[float]] = {}
+        for r in select_two:
+            if r["loss"] == row["loss"]:
+                runs.setdefault(point(r), []).append(r["val_acc"])
+        assert all(len(accs) == 2 for accs in runs.values())
+        means = {p: statistics.fmean(accs) for p, accs in runs.items()}
+        best = max(means.values())
+        chosen = next(p for p, mean in means.items() if mean == best)  # ties keep the first point
+        assert row["selection_val_acc"] == best and row["select_seeds"] == 2
+        assert (row["loss"], row["lr"], row["batch_size"], row["gamma"] or 0.0, row["lam"] or 0.0) == chosen
+    assert "(mean of 2 seeds per grid point)" in (tmp_path / "two" / "table_main.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------------
+# Incremental results and resume after a crash.
+
+
+def _start_probe(args, out, lines=1):
+    """`noisylm probe ... --out out` in its own process, returned once `lines` runs are recorded."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "noisylm", "probe", *args, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    progress = partial_dir(out) / "results.jsonl"
+    deadline = time.monotonic() + 300
+    while not (progress.is_file() and progress.read_bytes().count(b"\n") >= lines):
+        assert proc.poll() is None, f"the probe ended too early: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "no run finished within the deadline"
+        time.sleep(0.01)
+    return proc
+
+
+def test_killed_probe_resumes_without_retraining(digits_cache, tmp_path, capsys):
+    args = [str(digits_cache), "--heads", "linear", "--preset", "quick", "--epochs", "8"]
+    args += ["--batch-size", "64", "--lam", "0.15", "0.5", "--seeds", "3", "--sensitivity", "0.05:0.05"]
+    args += ["--no-progress"]
+    grid = ["--lr", "0.01", "0.003"]
+    total = 2 + 4 + 2 * 3 + 3  # select ce, select lgm, finals, Table 6 (+ 3 Figure 6 runs)
+    reference = tmp_path / "reference"
+    assert main(["probe", *args, *grid, "--out", str(reference)]) == 0
+
+    out = tmp_path / "out"
+    progress = partial_dir(out) / "results.jsonl"
+    proc = _start_probe([*args, *grid], out, lines=2)
+    proc.kill()  # SIGKILL: no cleanup code runs
+    proc.communicate()
+    assert proc.returncode == -9 and not out.exists()
+    done = [json.loads(line) for line in progress.read_text().split("\n")[:-1]]
+    assert 2 <= len(done) < total, len(done)
+    with progress.open("ab") as fh:  # what a kill in the middle of a write would leave
+        fh.write(b'{"phase": "select", "backbone": "pix')
+    kept = progress.read_bytes()
+
+    # Other settings are refused, and the interrupted state is left as it was.
+    assert main(["probe", *args, "--lr", "0.01", "--out", str(out), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "holds a probe started with different settings (lrs: [0.01, 0.003] -> [0.01])" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["probe", *args, *grid, "--out", str(out)]) == 1
+    assert "holds an interrupted probe; pass --resume" in capsys.readouterr().err
+    assert progress.read_bytes() == kept
+
+    assert main(["probe", *args, *grid, "--out", str(out), "--resume"]) == 0
+    assert f"reused {len(done)} finished runs" in capsys.readouterr().out
+    assert not partial_dir(out).exists()
+    records, expected = _records(out), _records(reference)
+    # The finished runs were reused as recorded (timings included), not trained again ...
+    assert records[: len(done)] == done
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reused_runs"] == len(done)
+    # ... and the resumed probe gives the numbers of the uninterrupted one, run for run.
+    assert len(records) == total + 3
+
+    def without_timing(rs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+
+    assert without_timing(records) == without_timing(expected)
+    uninterrupted = json.loads((reference / "summary.json").read_text())
+    for key in ("rows", "sensitivity", "figure6"):
+        assert summary[key] == uninterrupted[key]
+    assert (out / "table_main.md").read_text() == (reference / "table_main.md").read_text()
+
+
+def test_ctrl_c_keeps_the_finished_runs_and_says_how_to_resume(digits_cache, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [str(digits_cache), "--heads", "linear", "--losses", "ce", "--preset", "quick", "--epochs", "8"]
+    args += ["--lr", "0.01", "0.003", "0.001", "--batch-size", "64", "--seeds", "5", "--no-figure6"]
+    proc = _start_probe([*args, "--no-progress"], out)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        f"noisylm probe: interrupted; the finished runs are kept in {partial_dir(out)}/, "
+        "run the same command with --resume to continue"
+    )
+    assert not out.exists() and (partial_dir(out) / "results.jsonl").read_text().count("\n") >= 1
+    # A finished output with nothing to resume: one line that says so.
+    assert main(["probe", *args, "--no-progress", "--out", str(out), "--resume"]) == 0
+    capsys.readouterr()
+    assert main(["probe", *args, "--no-progress", "--out", str(out), "--resume"]) == 1
+    assert "holds no interrupted probe" in capsys.readouterr().err

@@ -4,10 +4,13 @@ For every feature cache (one backbone on one dataset), head (`linear`, `mlp`) an
 and the ablations `norm`, `cosine`, `l2-output`):
 
 1. grid search on the validation split (learning rate × batch size, and γ × λ for the penalised
-   losses), one seed per grid point; the test split is never looked at here;
+   losses), one seed per grid point (``select_seeds`` > 1: a point scores its mean validation
+   accuracy over that many seeds); the test split is never looked at here;
 2. the selected setting trained with N seeds (default 5); test accuracy reported as mean ± std.
 
-Optional: the γ, λ sensitivity grid of Table 6 and the input-sensitivity plot of Figure 6.
+Optional: the γ, λ sensitivity grid of Table 6, the input-sensitivity plot of Figure 6, L2-SP
+anchoring (α/2)‖θ − θ₀‖² to the head's initial weights (``anchor_weight``) and initial head weights
+from a file (``init_head``; Table 4's setting).
 
     out_dir/
       probe.json        resolved config, the caches probed, provenance
@@ -19,6 +22,13 @@ Optional: the γ, λ sensitivity grid of Table 6 and the input-sensitivity plot 
       table_sensitivity.md/.csv    Table 6 (with `sensitivity`)
       figure6.png                  Figure 6 (with `figure6`)
 
+While it runs, the probe works in ``<out_dir>.partial/`` (a sibling folder with a fixed name, so it
+survives a crash): ``probe.json`` (the settings and a fingerprint of every cache) and ``results.jsonl``,
+which grows by one complete, flushed line per finished run. ``out_dir`` appears only at the end, built
+atomically; ``<out_dir>.partial/`` is then removed. After a crash or Ctrl-C, ``resume=True`` with the
+same settings and caches reuses the finished runs (matched by their full spec) and trains the rest;
+training is seeded, so the numbers equal those of an uninterrupted probe.
+
 Presets (App. E): ``nlu`` = Adam, 10 epochs, lr ∈ {3e-4, 6e-4}, batch ∈ {8, 12, 16, 32};
 ``vision`` = AdamW, 30 epochs, cosine schedule, linear head lr 0.1 without weight decay, MLP lr 1e-3
 with weight decay 1e-4 (the paper gives no batch size; 128 here); ``quick`` = a small grid for demos.
@@ -27,9 +37,11 @@ with weight decay 1e-4 (the paper gives no batch size; 128 here); ``quick`` = a 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import math
+import shutil
 import statistics
 import time
 from collections.abc import Iterator, Sequence
@@ -39,7 +51,15 @@ from typing import Any
 
 import torch
 
-from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, provenance
+from noisylm.artifacts import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    provenance,
+    read_json,
+    sha256_file,
+)
 from noisylm.errors import NoisyLMError, UsageError
 from noisylm.heads import HEAD_KINDS, make_head
 from noisylm.lgm import VARIANTS, LGMLoss
@@ -87,8 +107,14 @@ class ProbeConfig:
     `l2-output`). preset: `nlu`, `vision` or `quick` (optimiser, epochs, lr and batch grids).
     epochs / lrs / batch_sizes: override the preset's values for every head.
     gammas, lams: the γ and λ grids searched on validation for penalised losses (paper: 0.01, 0.15).
-    seeds: seeds per selected setting (mean ± std over them). sensitivity: (γ, λ) pairs for Table 6,
-    trained for `lgm` at its selected lr/batch. figure6: draw Figure 6 for the first cache and head.
+    anchor_weight: α of the L2-SP term (α/2)‖θ − θ₀‖² added to every loss (`ce` included), θ₀ = the
+    head's initial weights (0 = off). init_head: a safetensors file of one head's state_dict that every
+    run starts from (and anchors to) instead of a seeded random init; needs a single head kind.
+    seeds: seeds per selected setting (mean ± std over them). select_seeds: seeds per grid point during
+    selection, scored by their mean validation accuracy (1 = the paper's protocol; N costs N times the
+    selection runs and gives a steadier choice when the validation split is small).
+    sensitivity: (γ, λ) pairs for Table 6, trained for `lgm` at its selected lr/batch.
+    figure6: draw Figure 6 for the first cache and head.
     device: cpu | cuda | auto. threads: CPU threads while training (heads on batches of 8-128 rows
     train fastest single-threaded, and several probes can then share a machine; None = torch's
     setting). progress: tqdm bars.
@@ -102,7 +128,10 @@ class ProbeConfig:
     batch_sizes: tuple[int, ...] | None = None
     gammas: tuple[float, ...] = (0.01,)
     lams: tuple[float, ...] = (0.15,)
+    anchor_weight: float = 0.0
+    init_head: str | None = None
     seeds: int = 5
+    select_seeds: int = 1
     sensitivity: tuple[tuple[float, float], ...] = ()
     figure6: bool = True
     device: str = "auto"
@@ -137,6 +166,23 @@ class ProbeConfig:
                 raise UsageError(f"sensitivity pairs need finite gamma, lambda >= 0, got ({gamma}, {lam})")
         if self.seeds < 1:
             raise UsageError(f"seeds must be >= 1, got {self.seeds}")
+        if self.select_seeds < 1:
+            raise UsageError(f"select_seeds must be >= 1 (seeds per grid point), got {self.select_seeds}")
+        try:
+            self.anchor_weight = float(self.anchor_weight)
+        except (TypeError, ValueError):
+            raise UsageError(f"anchor_weight must be a number, got {self.anchor_weight!r}") from None
+        if not (self.anchor_weight >= 0 and math.isfinite(self.anchor_weight)):
+            raise UsageError(
+                f"anchor_weight (α of the L2-SP term) must be a finite number >= 0, got {self.anchor_weight}"
+            )
+        if self.init_head is not None:
+            self.init_head = str(self.init_head)
+            if len(self.heads) != 1:
+                raise UsageError(
+                    f"init_head holds the weights of one head kind but heads are {', '.join(self.heads)}; "
+                    "probe a single head kind with it (e.g. --heads linear)"
+                )
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads must be >= 1, got {self.threads}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -227,7 +273,7 @@ def check_probe_data(data: ProbeData) -> None:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: a head kind, a loss, its hyper-parameters and a seed."""
+    """One training run: a head kind, a loss, its hyper-parameters, a seed and the L2-SP weight α."""
 
     head: str
     loss: str
@@ -236,20 +282,49 @@ class RunSpec:
     gamma: float
     lam: float
     seed: int
+    anchor_weight: float = 0.0
+
+
+def initial_head(
+    data: ProbeData,
+    spec: RunSpec,
+    device: torch.device,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> torch.nn.Module:
+    """The head a run starts from (θ₀): ``init_state`` when given, else a random init seeded by the run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        head = make_head(spec.head, data.splits["train"][0].shape[1], data.num_classes)
+    if init_state is not None:
+        head.load_state_dict(init_state)
+    return head.to(device)
 
 
 def train_head(
-    data: ProbeData, spec: RunSpec, recipe: Recipe, device: torch.device
+    data: ProbeData,
+    spec: RunSpec,
+    recipe: Recipe,
+    device: torch.device,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.nn.Module, float]:
-    """Train one head on the train split; returns the head and the mean loss of its last epoch."""
+    """Train one head on the train split; returns the head and the mean loss of its last epoch.
+
+    ``init_state``: the head's initial weights (see `load_init_head`); L2-SP with
+    ``spec.anchor_weight`` > 0 anchors to these (or to the seeded random init)."""
     features, labels = (t.to(device) for t in data.splits["train"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        head = make_head(spec.head, features.shape[1], data.num_classes).to(device)
+    head = initial_head(data, spec, device, init_state)
     shuffle = torch.Generator().manual_seed(spec.seed)
     noise = torch.Generator(device=device).manual_seed(spec.seed + 1_000_003)
     variant = "none" if spec.loss == "ce" else spec.loss
-    criterion = LGMLoss(head, gamma=spec.gamma, lam=spec.lam, variant=variant, generator=noise)
+    # θ₀ of the L2-SP term is snapshotted here, from the head as initialised above.
+    criterion = LGMLoss(
+        head,
+        gamma=spec.gamma,
+        lam=spec.lam,
+        variant=variant,
+        anchor_weight=spec.anchor_weight,
+        generator=noise,
+    )
     optimizer_cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_cls(head.parameters(), lr=spec.lr, weight_decay=recipe.weight_decay)
     n = len(labels)
@@ -281,6 +356,56 @@ def train_head(
     return head, last_epoch_loss
 
 
+def load_init_head(
+    path: str | Path, kind: str, datasets: Sequence[ProbeData]
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Initial head weights from a safetensors file, checked against the ``kind`` head of every cache.
+
+    Returns the float32 state dict and the file's sha256. Every mismatch is one line naming the fix."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    save_hint = f"save one with safetensors.torch.save_file(make_head({kind!r}, d, C).state_dict(), path)"
+    if not path.is_file():
+        raise NoisyLMError(f"init head {path} not found; check the path or {save_hint}")
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        reason = str(exc).replace("\n", " ")
+        raise NoisyLMError(f"cannot read init head {path} ({reason}); {save_hint}") from None
+    for data in datasets:
+        dim = data.splits["train"][0].shape[1]
+        expected = make_head(kind, dim, data.num_classes).state_dict()
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise NoisyLMError(
+                f"init head {path} does not hold a {kind} head's weights (missing keys {missing}, "
+                f"unexpected keys {unexpected}); {kind} heads have keys {sorted(expected)}"
+            )
+        for key, want in expected.items():
+            got = tensors[key]
+            if tuple(got.shape) != tuple(want.shape):
+                raise NoisyLMError(
+                    f"init head {path}: {key} has shape {tuple(got.shape)} but the {kind} head for "
+                    f"{data.source} ({dim} features, {data.num_classes} classes) needs "
+                    f"{tuple(want.shape)}; save weights of a head built for this cache"
+                )
+            if not got.is_floating_point() or not torch.isfinite(got).all():
+                raise NoisyLMError(
+                    f"init head {path}: {key} must hold finite floating-point values; save it again"
+                )
+    state = {key: tensors[key].float() for key in sorted(tensors)}
+    return state, sha256_file(path)
+
+
+def _distance(head: torch.nn.Module, start: torch.nn.Module) -> float:
+    """‖θ − θ₀‖₂ over all parameters of two heads of one kind."""
+    with torch.no_grad():
+        squares = [(a - b).pow(2).sum() for a, b in zip(head.parameters(), start.parameters(), strict=True)]
+        return float(torch.stack(squares).sum().sqrt())
+
+
 @torch.no_grad()
 def accuracy(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor, chunk: int = 8192) -> float:
     """Fraction of rows whose arg-max prediction equals the label."""
@@ -296,73 +421,303 @@ def accuracy(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor
 # The protocol.
 
 
+PARTIAL_FORMAT = "noisylm-probe-partial/1"
+# What identifies a finished run in the progress file; resume reuses a run only on an exact match.
+SPEC_FIELDS = (
+    "phase", "backbone", "dataset", "head", "loss", "lr", "batch_size", "gamma", "lam", "seed", "epochs",
+    "anchor_weight", "init_head",
+)  # fmt: skip
+
+
+def partial_dir(out_dir: str | Path) -> Path:
+    """Where a probe into ``out_dir`` keeps its state while it runs: the sibling ``<out_dir>.partial/``.
+
+    Its name is fixed (unlike `atomic_dir`'s random temporary name), so a crashed probe's finished runs
+    can be found again by ``probe(..., resume=True)``."""
+    out = Path(out_dir)
+    if not out.name:  # "." or "dir/": name the folder after the real directory
+        out = out.resolve()
+    return out.with_name(out.name + ".partial")
+
+
 def probe(
     caches: Sequence[str | Path] | str | Path,
     out_dir: str | Path,
     config: ProbeConfig | None = None,
     *,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Probe heads on one or more feature caches; write results, tables and figures to ``out_dir``.
 
+    Each finished run is appended at once to ``<out_dir>.partial/results.jsonl``; ``out_dir`` is
+    written at the end. ``resume``: continue the probe interrupted in ``<out_dir>.partial/`` (it must
+    have been started with the same config and caches), reusing its finished runs. ``overwrite``:
+    replace an existing ``out_dir`` and, without ``resume``, discard an interrupted probe's state.
+
     Returns the summary (also written to ``out_dir/summary.json``): ``rows`` with one entry per
-    (backbone, dataset, head, loss), ``sensitivity`` rows, ``figure6`` stats, ``seconds``.
+    (backbone, dataset, head, loss), ``sensitivity`` rows, ``figure6`` stats, ``reused_runs`` (runs
+    taken from the interrupted probe), ``seconds``.
     """
     config = config or ProbeConfig()
     caches = [caches] if isinstance(caches, str | Path) else list(caches)
     if not caches:
         raise UsageError("no feature caches given; pass at least one directory made by `noisylm extract`")
-    datasets = [load_probe_data(cache) for cache in caches]  # all bad input is found before training
+    # All bad input is found before anything is written or trained.
+    datasets = [load_probe_data(cache) for cache in caches]
+    init_state, init_sha256 = None, None
+    if config.init_head is not None:
+        init_state, init_sha256 = load_init_head(config.init_head, config.heads[0], datasets)
     device = _resolve_device(config.device)
-    started = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
-    sensitivity_rows: list[dict[str, Any]] = []
-    figure_stats: dict[str, Any] | None = None
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp, _torch_threads(config.threads):
-        atomic_write_json(
-            tmp / "probe.json",
-            {
-                "config": asdict(config),
-                "caches": [str(c) for c in caches],
-                "provenance": provenance(asdict(config)),
-            },
+    partial = partial_dir(out_dir)
+    if resume and not overwrite and Path(out_dir).exists() and not partial.exists():
+        raise NoisyLMError(
+            f"output {out_dir} already exists and holds no interrupted probe ({partial} is absent), so "
+            "there is nothing to resume; pass --overwrite to run it again"
         )
-        bar = _progress_bar(config, datasets)
-        for data in datasets:
-            for head in config.heads:
-                recipe = config.recipe(head)
-                for loss in config.losses:
-                    rows.append(_probe_one(data, head, loss, recipe, config, device, records, bar))
-                if config.sensitivity and "lgm" in config.losses:
-                    best = next(r for r in rows if _key(r) == (data.backbone, data.dataset, head, "lgm"))
-                    for gamma, lam in config.sensitivity:
-                        accs = []
-                        for seed in range(config.seeds):
-                            spec = RunSpec(head, "lgm", best["lr"], best["batch_size"], gamma, lam, seed)
-                            accs.append(
-                                _run(data, spec, recipe, device, "sensitivity", records, bar)["test_acc"]
-                            )
-                        sensitivity_rows.append(
-                            {**_ids(data, head, "lgm"), "gamma": gamma, "lam": lam, **_mean_std(accs)}
-                        )
-        bar.close()
-        if config.figure6:
-            figure_stats = figure6(datasets[0], config, rows, device, tmp / "figure6.png", records)
+    out = check_output_dir(out_dir, overwrite)
+    state = _state(config, device, datasets, init_sha256)
+    finished = _claim_partial(partial, state, resume=resume, overwrite=overwrite)
+
+    started = time.perf_counter()
+    figure_stats: dict[str, Any] | None = None
+    session = _Session(config, device, init_state, finished, partial / "results.jsonl")
+    try:
+        with session, _torch_threads(config.threads):
+            rows, sensitivity_rows = _protocol(session, datasets)
+            if config.figure6:
+                # Figure 6 needs the heads themselves, so its three runs are trained again on resume.
+                figure_records: list[dict[str, Any]] = []
+                figure_stats = figure6(
+                    datasets[0], config, rows, device, partial / "figure6.png", figure_records,
+                    init_state=init_state,
+                )  # fmt: skip
+                for record in figure_records:
+                    session.append(record)
         summary = {
             "rows": rows,
             "sensitivity": sensitivity_rows,
             "figure6": figure_stats,
+            "reused_runs": session.reused,
             "seconds": round(time.perf_counter() - started, 2),
             "provenance": provenance(asdict(config)),
         }
-        atomic_write_text(tmp / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-        atomic_write_json(tmp / "summary.json", summary)
-        _write_tables(tmp, rows, sensitivity_rows, config)
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            atomic_write_json(
+                tmp / "probe.json",
+                {
+                    "config": asdict(config),
+                    "caches": [str(c) for c in caches],
+                    "init_head_sha256": init_sha256,
+                    "provenance": provenance(asdict(config)),
+                },
+            )
+            atomic_write_text(tmp / "results.jsonl", "".join(json.dumps(r) + "\n" for r in session.records))
+            atomic_write_json(tmp / "summary.json", summary)
+            _write_tables(tmp, rows, sensitivity_rows, config)
+            if config.figure6:
+                shutil.copyfile(partial / "figure6.png", tmp / "figure6.png")
+    except BaseException:
+        if not session.records and not finished:  # nothing finished: no state worth resuming
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(partial, ignore_errors=True)
     return summary
 
 
-def _probe_one(data, head, loss, recipe, config, device, records, bar) -> dict[str, Any]:
+def _state(
+    config: ProbeConfig, device: torch.device, datasets: list[ProbeData], init_sha256: str | None
+) -> dict[str, Any]:
+    """What must not change between a probe and its resumption: settings, device, cache contents."""
+    settings = {k: v for k, v in asdict(config).items() if k != "progress"}  # the bar changes no number
+    return {
+        "format": PARTIAL_FORMAT,
+        "config": json.loads(json.dumps(settings)),  # tuples as lists, as read back from probe.json
+        "device": str(device),
+        "init_head_sha256": init_sha256,
+        "caches": [
+            {"source": d.source, "backbone": d.backbone, "dataset": d.dataset, "sha256": _fingerprint(d)}
+            for d in datasets
+        ],
+    }
+
+
+def _fingerprint(data: ProbeData) -> str:
+    """sha256 of a cache's tensors as loaded (the folder may move; its contents must not change)."""
+    digest = hashlib.sha256(f"classes={data.num_classes}".encode())
+    for split in ("train", "val", "test"):
+        for tensor in data.splits[split]:
+            digest.update(f"{split}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(memoryview(tensor.contiguous().numpy()).cast("B"))
+    return digest.hexdigest()
+
+
+def _claim_partial(partial: Path, state: dict[str, Any], *, resume: bool, overwrite: bool) -> list[dict]:
+    """Start ``partial`` afresh, or (``resume``) check it against ``state`` and return its finished runs."""
+    if partial.exists() and not partial.is_dir():
+        raise NoisyLMError(f"{partial} is a file, not a probe in progress; move it away")
+    if partial.exists() and resume:
+        previous = read_json(partial / "probe.json", "state of the interrupted probe")
+        differs = _state_difference(previous, state)
+        if differs:
+            raise NoisyLMError(
+                f"{partial} holds a probe started with different settings ({differs}); resume it with the "
+                "same settings and caches, or drop --resume and pass --overwrite to start again"
+            )
+        finished = [r for r in _read_progress(partial / "results.jsonl") if r.get("phase") != "figure6"]
+        # Rewritten without a torn last line (a kill mid-write), so that appended lines stay whole.
+        atomic_write_text(partial / "results.jsonl", "".join(json.dumps(r) + "\n" for r in finished))
+        return finished
+    if partial.exists() and not overwrite:
+        raise NoisyLMError(
+            f"{partial} holds an interrupted probe; pass --resume to continue it (same settings), "
+            "or --overwrite to discard it and start again"
+        )
+    with atomic_dir(partial, overwrite=True) as tmp:
+        atomic_write_json(tmp / "probe.json", {**state, "provenance": provenance(state["config"])})
+        atomic_write_text(tmp / "results.jsonl", "")
+    return []
+
+
+def _state_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The first difference that changes results between two probe states ('' when none)."""
+    from noisylm.sweep import _config_difference
+
+    if old.get("format") != new["format"]:
+        return f"format {old.get('format')!r}, expected {new['format']!r}"
+    differs = _config_difference(old.get("config") or {}, new["config"])
+    if differs:
+        return differs
+    for key in ("device", "init_head_sha256"):
+        if old.get(key) != new[key]:
+            return f"{key}: {old.get(key)!r} -> {new[key]!r}"
+    old_caches, new_caches = old.get("caches") or [], new["caches"]
+    if len(old_caches) != len(new_caches):
+        return f"{len(old_caches)} caches -> {len(new_caches)}"
+    for i, (a, b) in enumerate(zip(old_caches, new_caches, strict=True), 1):
+        if a.get("sha256") != b["sha256"]:
+            return f"cache {i} ({b['source']}) holds other features than {a.get('source')} did"
+    return ""
+
+
+def _read_progress(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a progress file (a torn last line from a killed probe is dropped)."""
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in text.split("\n")[:-1]:  # the part after the last newline is empty or torn
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _spec_key(record: dict[str, Any]) -> tuple:
+    return tuple(record.get(name) for name in SPEC_FIELDS)
+
+
+class _Session:
+    """The runs of one probe, in protocol order: each is reused from an interrupted probe when its spec
+    matches a finished run there, else trained and appended at once to the progress file."""
+
+    def __init__(
+        self,
+        config: ProbeConfig,
+        device: torch.device,
+        init_state: dict[str, torch.Tensor] | None,
+        finished: list[dict[str, Any]],
+        progress_path: Path,
+    ) -> None:
+        self.config, self.device, self.init_state = config, device, init_state
+        self.records: list[dict[str, Any]] = []
+        self.reused = 0
+        # Per spec, a queue: two caches with the same backbone/dataset names are consumed in order.
+        self._finished: dict[tuple, list[dict[str, Any]]] = {}
+        for record in finished:
+            self._finished.setdefault(_spec_key(record), []).append(record)
+        self._progress_path = progress_path
+        self._progress: Any = None
+        self.bar: Any = None
+
+    def __enter__(self) -> _Session:
+        # Unbuffered appends: each line reaches the file in one write as soon as its run is done.
+        self._progress = open(self._progress_path, "ab", buffering=0)  # noqa: SIM115
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self._progress.close()
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self._progress.write((json.dumps(record) + "\n").encode("utf-8"))
+
+    def run(self, data: ProbeData, spec: RunSpec, recipe: Recipe, phase: str) -> dict[str, Any]:
+        """One run's record: val accuracy, and test accuracy unless ``phase`` is "select"."""
+        ids = {
+            "phase": phase,
+            **_ids(data, spec.head, spec.loss),
+            **{k: v for k, v in asdict(spec).items() if k not in ("head", "loss")},
+            "init_head": self.config.init_head,
+            "epochs": recipe.epochs,
+        }
+        queue = self._finished.get(_spec_key(ids))
+        if queue:
+            record = queue.pop(0)
+            self.records.append(record)  # already in the progress file
+            self.reused += 1
+            self.bar.update(1)
+            return record
+        started = time.perf_counter()
+        head, train_loss = train_head(data, spec, recipe, self.device, self.init_state)
+        start = initial_head(data, spec, self.device, self.init_state)
+        record = {
+            **ids,
+            "train_loss": round(train_loss, 6),
+            "distance_to_init": round(_distance(head, start), 6),
+            "val_acc": accuracy(head, *data.splits["val"]),
+        }
+        if phase != "select":  # the test split is never used for selection
+            record["test_acc"] = accuracy(head, *data.splits["test"])
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        self.append(record)
+        self.bar.update(1)
+        return record
+
+
+def _protocol(session: _Session, datasets: list[ProbeData]) -> tuple[list[dict], list[dict]]:
+    """Selection and final runs of every cache × head × loss, then the Table 6 runs."""
+    config = session.config
+    session.bar = _progress_bar(config, datasets)
+    rows: list[dict[str, Any]] = []
+    sensitivity_rows: list[dict[str, Any]] = []
+    for data in datasets:
+        for head in config.heads:
+            recipe = config.recipe(head)
+            for loss in config.losses:
+                rows.append(_probe_one(session, data, head, loss, recipe))
+            if config.sensitivity and "lgm" in config.losses:
+                best = next(r for r in rows if _key(r) == (data.backbone, data.dataset, head, "lgm"))
+                for gamma, lam in config.sensitivity:
+                    accs = []
+                    lr, batch_size, alpha = best["lr"], best["batch_size"], config.anchor_weight
+                    for seed in range(config.seeds):
+                        spec = RunSpec(head, "lgm", lr, batch_size, gamma, lam, seed, alpha)
+                        accs.append(session.run(data, spec, recipe, "sensitivity")["test_acc"])
+                    sensitivity_rows.append(
+                        {**_ids(data, head, "lgm"), "gamma": gamma, "lam": lam, **_mean_std(accs)}
+                    )
+    return rows, sensitivity_rows
+
+
+def _probe_one(session: _Session, data: ProbeData, head: str, loss: str, recipe: Recipe) -> dict[str, Any]:
+    config = session.config
     penalised = loss != "ce"
     grid = list(
         itertools.product(
@@ -372,18 +727,17 @@ def _probe_one(data, head, loss, recipe, config, device, records, bar) -> dict[s
             config.lams if penalised else (0.0,),
         )
     )
+    alpha, seeds = config.anchor_weight, range(config.select_seeds)
     best_val, best = -1.0, grid[0]
     for lr, batch_size, gamma, lam in grid:
-        result = _run(
-            data, RunSpec(head, loss, lr, batch_size, gamma, lam, 0), recipe, device, "select", records, bar
-        )
-        if result["val_acc"] > best_val:  # ties keep the earlier (smaller) setting
-            best_val, best = result["val_acc"], (lr, batch_size, gamma, lam)
+        # The grid point's score: mean validation accuracy over `select_seeds` seeds (1 in the paper).
+        specs = [RunSpec(head, loss, lr, batch_size, gamma, lam, seed, alpha) for seed in seeds]
+        score = statistics.fmean(session.run(data, spec, recipe, "select")["val_acc"] for spec in specs)
+        if score > best_val:  # ties keep the earlier (smaller) setting
+            best_val, best = score, (lr, batch_size, gamma, lam)
     lr, batch_size, gamma, lam = best
     finals = [
-        _run(
-            data, RunSpec(head, loss, lr, batch_size, gamma, lam, seed), recipe, device, "final", records, bar
-        )
+        session.run(data, RunSpec(head, loss, lr, batch_size, gamma, lam, seed, alpha), recipe, "final")
         for seed in range(config.seeds)
     ]
     return {
@@ -393,29 +747,13 @@ def _probe_one(data, head, loss, recipe, config, device, records, bar) -> dict[s
         "gamma": gamma if penalised else None,
         "lam": lam if penalised else None,
         "epochs": recipe.epochs,
+        "anchor_weight": alpha,
+        "init_head": config.init_head,
+        "select_seeds": config.select_seeds,
         "selection_val_acc": best_val,
         "val": _mean_std([r["val_acc"] for r in finals]),
         **_mean_std([r["test_acc"] for r in finals]),
     }
-
-
-def _run(data, spec: RunSpec, recipe: Recipe, device, phase: str, records: list, bar) -> dict[str, Any]:
-    started = time.perf_counter()
-    head, train_loss = train_head(data, spec, recipe, device)
-    record = {
-        "phase": phase,
-        **_ids(data, spec.head, spec.loss),
-        **{k: v for k, v in asdict(spec).items() if k not in ("head", "loss")},
-        "epochs": recipe.epochs,
-        "train_loss": round(train_loss, 6),
-        "val_acc": accuracy(head, *data.splits["val"]),
-    }
-    if phase != "select":  # the test split is never used for selection
-        record["test_acc"] = accuracy(head, *data.splits["test"])
-    record["seconds"] = round(time.perf_counter() - started, 3)
-    records.append(record)
-    bar.update(1)
-    return record
 
 
 def _ids(data: ProbeData, head: str, loss: str) -> dict[str, str]:
@@ -444,7 +782,8 @@ def _progress_bar(config: ProbeConfig, datasets: list[ProbeData]):
         recipe = config.recipe(head)
         base = len(recipe.lrs) * len(recipe.batch_sizes)
         for loss in config.losses:
-            total += base * (1 if loss == "ce" else len(config.gammas) * len(config.lams)) + config.seeds
+            points = base * (1 if loss == "ce" else len(config.gammas) * len(config.lams))
+            total += points * config.select_seeds + config.seeds
         if "lgm" in config.losses:
             total += len(config.sensitivity) * config.seeds
     return tqdm(total=total * len(datasets), desc="probe runs", unit="run", disable=not config.progress)
@@ -526,9 +865,15 @@ def _write_tables(out: Path, rows, sensitivity_rows, config: ProbeConfig) -> Non
         atomic_write_text(out / f"table_{name}.md", f"{title}\n\n{table[0]}")
         atomic_write_text(out / f"table_{name}.csv", table[1])
 
+    chosen = "" if config.select_seeds == 1 else f" (mean of {config.select_seeds} seeds per grid point)"
     caption = (
-        f"Test accuracy (%), mean ± std over {config.seeds} seeds; hyper-parameters chosen on validation."
+        f"Test accuracy (%), mean ± std over {config.seeds} seeds; hyper-parameters chosen on validation"
+        f"{chosen}."
     )
+    if config.init_head:
+        caption += f" Heads start from {Path(config.init_head).name}."
+    if config.anchor_weight > 0:
+        caption += f" L2-SP anchoring to the initial weights, α = {config.anchor_weight:g}."
     main_losses = [loss for loss in ("ce", "lgm") if loss in config.losses] or list(config.losses[:1])
     names = {f"{b}{LOSS_LABELS[loss]}": (b, loss) for b in backbones for loss in main_losses}
     lookup = lambda name, d, h: index.get((*names[name][:1], d, h, names[name][1]))  # noqa: E731
@@ -567,11 +912,13 @@ def figure6(
     path: Path,
     records: list[dict[str, Any]] | None = None,
     resolution: int = 121,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Figure 6: predicted labels of heads trained with CE, L2 (‖g(t) − g(t̂)‖₂) and LGM on a random
     2-D plane through one test feature (the MLP head when probed, else the first head kind);
     green = the correct label. Returns the fraction of the plane
-    each head labels correctly (a larger correct region = less sensitive to input perturbations)."""
+    each head labels correctly (a larger correct region = less sensitive to input perturbations).
+    The heads start from ``init_state`` when given and use ``config.anchor_weight``, like the probe's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -605,8 +952,9 @@ def figure6(
             0.0 if loss == "ce" else (row.get("gamma") or gamma),
             0.0 if loss == "ce" else (row.get("lam") or lam),
             0,
+            config.anchor_weight,
         )
-        head, _ = train_head(data, spec, recipe, device)
+        head, _ = train_head(data, spec, recipe, device, init_state)
         heads[title] = head
         if records is not None:
             records.append(
@@ -614,6 +962,7 @@ def figure6(
                     "phase": "figure6",
                     **_ids(data, head_kind, loss),
                     **asdict(spec),
+                    "init_head": config.init_head,
                     "test_acc": accuracy(head, *data.splits["test"]),
                 }
             )

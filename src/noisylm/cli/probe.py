@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from noisylm.cli import HelpFormatter
 
@@ -19,10 +20,23 @@ writes OUT/: probe.json, results.jsonl (one line per training run), summary.json
   (Tables 1-3 layout), table_ablation.md/.csv (Table 5, with ablation losses), table_sensitivity.md/.csv
   (Table 6, with --sensitivity), figure6.png (Figure 6).
 
+progress and resume: while it runs, the probe works in OUT.partial/; its results.jsonl gains one line
+  per finished run (`tail -f` it). OUT appears only when everything is done, and OUT.partial/ is then
+  removed. After a crash or Ctrl-C, run the same command with --resume: finished runs are reused, not
+  retrained, and the numbers equal those of an uninterrupted probe. A different config or cache is
+  refused; --overwrite without --resume discards OUT.partial/ and starts again.
+
+L2-SP (Table 4): --anchor-weight A adds (A/2)||theta - theta_0||^2 to every loss (ce included),
+  theta_0 = the head's initial weights: its seeded random init, or --init-head FILE.safetensors (a
+  state_dict saved with safetensors.torch.save_file; keys weight, bias for linear heads and
+  fc1.weight, fc1.bias, fc2.weight, fc2.bias for mlp heads; one head kind per file).
+
 examples:
   noisylm probe feats/wn-minilm --out probes/wn
   noisylm probe feats/a feats/b --heads linear --losses ce lgm norm cosine --seeds 5 --out probes/ablation
   noisylm probe feats/dtd-effnet --preset vision --sensitivity paper --out probes/t6
+  noisylm probe feats/wn-minilm --heads linear --init-head h0.safetensors --anchor-weight 0.01 --out l2sp
+  noisylm probe feats/wn-minilm --select-seeds 3 --out probes/wn --resume     # after a crash
 """
 
 
@@ -57,6 +71,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lam", type=float, nargs="+", default=[0.15], help="lambda grid (Eq. 6)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per selected setting")
     parser.add_argument(
+        "--select-seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="seeds per grid point during selection; a point scores its mean validation accuracy. "
+        "1 = the paper's protocol; N trains N times the selection runs for a steadier choice on a "
+        "small validation split",
+    )
+    parser.add_argument(
+        "--anchor-weight",
+        type=float,
+        default=0.0,
+        metavar="A",
+        help="α of the L2-SP term (α/2)‖θ − θ₀‖², θ₀ = the head's initial weights; 0 = off. "
+        "Added to every loss, ce included",
+    )
+    parser.add_argument(
+        "--init-head",
+        default=None,
+        metavar="FILE.safetensors",
+        help="start every head from these weights (its state_dict, saved with safetensors) instead of "
+        "a seeded random init; needs a single --heads kind; θ₀ of --anchor-weight",
+    )
+    parser.add_argument(
         "--sensitivity",
         type=_pair,
         nargs="+",
@@ -69,13 +107,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads while training heads (0 = torch's default)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (and, without --resume, discard an interrupted OUT.partial/)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the probe interrupted in OUT.partial/: its finished runs are reused, the rest "
+        "trained; the settings and caches must be the same",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_probe)
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from noisylm.probe import PAPER_SENSITIVITY, ProbeConfig, probe
+    from noisylm.probe import PAPER_SENSITIVITY, ProbeConfig, partial_dir, probe
 
     pairs = [p for p in args.sensitivity if p is not None]
     if None in args.sensitivity:
@@ -90,14 +138,30 @@ def run_probe(args: argparse.Namespace) -> int:
         batch_sizes=tuple(args.batch_size) if args.batch_size else None,
         gammas=tuple(args.gamma),
         lams=tuple(args.lam),
+        anchor_weight=args.anchor_weight,
+        init_head=args.init_head,
         seeds=args.seeds,
+        select_seeds=args.select_seeds,
         sensitivity=tuple(pairs),
         figure6=not args.no_figure6,
         device=args.device,
         threads=args.threads or None,
         progress=not args.no_progress,
     )
-    summary = probe(args.caches, args.out, config, overwrite=args.overwrite)
+    try:
+        summary = probe(args.caches, args.out, config, overwrite=args.overwrite, resume=args.resume)
+    except KeyboardInterrupt:
+        partial = partial_dir(args.out)
+        if not partial.is_dir():
+            raise
+        print(
+            f"noisylm probe: interrupted; the finished runs are kept in {partial}/, "
+            "run the same command with --resume to continue",
+            file=sys.stderr,
+        )
+        return 130
+    if summary["reused_runs"]:
+        print(f"reused {summary['reused_runs']} finished runs from {partial_dir(args.out)}/")
     for row in summary["rows"]:
         print(
             f"{row['backbone']} / {row['dataset']} / {row['head']} / {row['loss']}: "
