@@ -1,13 +1,13 @@
 """LGM benchmarks, each against plain cross-entropy measured in the same run on the same data.
 
 (a) Training-step time with CE + λ·L_gm over the plain CE step, same batch, same head, same optimiser
-    (Adam), one step = zero_grad + loss + backward + optimizer.step on a batch gathered from a
-    feature matrix (as in `noisylm probe`). Targets: linear heads (B=32, d=768, C=20) and
-    (B=32, d=4096, C=2) <= 1.5x; MLP head (B=32, d=768, C=20) <= 2.5x. Reported per LGM method: the
-    default (the fused hand-derived paths of linear and MLP heads) and plain double backward
-    (`method="autograd"`, the generic path) for reference, plus the cost of drawing δ alone. Rounds
-    interleave all methods; the ratio is the median over rounds of (method / CE) of that round,
-    robust to load drift.
+    (the probe's: Adam, fused where torch has it), one step = zero_grad + loss + backward +
+    optimizer.step on a batch sliced from a feature matrix (as in `noisylm probe`). Targets: linear
+    heads (B=32, d=768, C=20) and (B=32, d=4096, C=2) <= 1.5x; MLP head (B=32, d=768, C=20) <= 2.5x.
+    Reported per LGM method: the default (the fused hand-derived paths of linear and MLP heads) and
+    plain double backward (`method="autograd"`, the generic path) for reference, plus the cost of
+    drawing δ alone. Rounds interleave all methods; the ratio is the median over rounds of
+    (method / CE) of that round, robust to load drift.
 (b) Wall time of a full `noisylm probe` grid (preset nlu: 10 epochs, lr {3e-4, 6e-4} x batch
     {8, 12, 16, 32}, then 5 seeds; linear and MLP heads) with losses=ce vs losses=lgm on real MiniLM
     features of the WordNet task (extracted once into a temporary folder, or --cache DIR).
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from noisylm.heads import make_head
 from noisylm.lgm import LGMLoss
+from noisylm.probe import ProbeConfig, make_optimizer
 
 STEP_CASES = [("linear", 32, 768, 20), ("linear", 32, 4096, 2), ("mlp", 32, 768, 20)]
 TARGETS = {"linear": 1.5, "mlp": 2.5}
@@ -55,22 +56,23 @@ def step_ratios(rounds: int, steps_per_round: int) -> list[dict]:
 
 def _time_case(kind: str, batch: int, dim: int, classes: int, rounds: int, steps: int) -> dict[str, list]:
     torch.manual_seed(0)
+    # As in `noisylm probe`: an epoch's shuffled copy of the features, batches are slices of it, and
+    # the probe's optimiser (Adam, fused where torch has it).
     features = torch.randn(4096, dim)
     labels = torch.randint(0, classes, (4096,))
     head = make_head(kind, dim, classes)
-    optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
-    index = torch.randperm(4096)[:batch]
+    optimizer = make_optimizer(ProbeConfig(preset="nlu").recipe(kind), list(head.parameters()), 1e-3)
     noise = torch.empty(batch, dim)
 
     def ce_step():
-        x, y = features[index], labels[index]
+        x, y = features[:batch], labels[:batch]
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(head(x), y).backward()
         optimizer.step()
 
     def make_lgm_step(criterion):
         def step():
-            x, y = features[index], labels[index]
+            x, y = features[:batch], labels[:batch]
             optimizer.zero_grad(set_to_none=True)
             criterion(x, y).backward()
             optimizer.step()

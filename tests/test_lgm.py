@@ -9,7 +9,14 @@ import torch.nn.functional as F
 
 from noisylm.errors import NoisyLMError, UsageError
 from noisylm.heads import LinearHead, MLPHead
-from noisylm.lgm import VARIANTS, LGMLoss, _gram_or_direct_sq, _times_transposed, lgm_penalty
+from noisylm.lgm import (
+    VARIANTS,
+    LGMLoss,
+    _difference_sq_and_adjoint,
+    _gram_or_direct_sq,
+    _times_transposed,
+    lgm_penalty,
+)
 
 DT = torch.float64
 
@@ -75,10 +82,16 @@ def test_linear_closed_form_matches_autograd(variant, bias):
             torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12, msg=method)
 
 
+# (batch, dim, classes): the first takes the direct products in the fused paths, the second the Gram
+# route (2B < the layer's width, see `_difference_sq_and_adjoint`).
+NARROW_AND_WIDE = [(16, 9, 4), (3, 24, 30)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_mlp_fused_path_matches_double_backward(dtype):
-    features, labels = _batch(batch=16, dim=9, classes=4, seed=4)
-    head = _head("mlp", 9, 4, seed=2).to(dtype)
+@pytest.mark.parametrize(("batch", "dim", "classes"), NARROW_AND_WIDE)
+def test_mlp_fused_path_matches_double_backward(dtype, batch, dim, classes):
+    features, labels = _batch(batch=batch, dim=dim, classes=classes, seed=4)
+    head = _head("mlp", dim, classes, seed=2).to(dtype)
     features = features.to(dtype)
     ref_terms, ref_grads = _terms_and_grads(head, features, labels, 0.05, "lgm", "autograd")
     terms, grads = _terms_and_grads(head, features, labels, 0.05, "lgm", "fused")
@@ -87,6 +100,27 @@ def test_mlp_fused_path_matches_double_backward(dtype):
     torch.testing.assert_close(terms.ce, ref_terms.ce)
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, **tol)
+
+
+@pytest.mark.parametrize(("batch", "dim", "classes"), NARROW_AND_WIDE)
+def test_linear_fused_path_matches_autograd_on_both_routes(batch, dim, classes):
+    features, labels = _batch(batch=batch, dim=dim, classes=classes, seed=5)
+    head = _head("linear", dim, classes, seed=3)
+    ref_terms, ref_grads = _terms_and_grads(head, features, labels, 0.1, "lgm", "autograd")
+    terms, grads = _terms_and_grads(head, features, labels, 0.1, "lgm", "fused")
+    torch.testing.assert_close(terms.penalty, ref_terms.penalty, rtol=1e-9, atol=1e-12)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(("n", "k", "dim"), [(6, 2, 40), (6, 40, 40), (8, 30, 7)])
+def test_difference_norm_and_adjoint_by_either_route_equal_brute_force(n, k, dim):
+    gen = torch.Generator().manual_seed(n + k + dim)
+    coeffs, rows = torch.randn(n, k, generator=gen, dtype=DT), torch.randn(n, dim, generator=gen, dtype=DT)
+    difference = coeffs.T @ rows  # formed here only, as the reference
+    sq, rows_dt = _difference_sq_and_adjoint(coeffs, rows)
+    torch.testing.assert_close(sq, difference.pow(2).sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rows_dt, rows @ difference.T, rtol=1e-12, atol=1e-12)
 
 
 def test_float32_closed_form_matches_autograd_to_float_tolerance():
@@ -102,9 +136,10 @@ def test_float32_closed_form_matches_autograd_to_float_tolerance():
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
-def test_penalty_equals_per_sample_reference_of_eq4(kind):
-    features, labels = _batch(batch=6, dim=5, classes=3)
-    head = _head(kind, 5, 3)
+@pytest.mark.parametrize(("batch", "dim", "classes"), [(6, 5, 3), (2, 12, 16)])
+def test_penalty_equals_per_sample_reference_of_eq4(kind, batch, dim, classes):
+    features, labels = _batch(batch=batch, dim=dim, classes=classes)
+    head = _head(kind, dim, classes)
     gamma, seed = 0.2, 3
     delta = torch.randn(features.shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
     expected = _reference_eq4(head, features, delta, labels, gamma)
@@ -117,13 +152,21 @@ def test_penalty_equals_per_sample_reference_of_eq4(kind):
 
 
 @pytest.mark.parametrize(
-    ("kind", "method"),
-    [("linear", "fused"), ("linear", "closed-form"), ("mlp", "fused"), ("mlp", "autograd")],
+    ("kind", "method", "shape"),
+    [
+        ("linear", "fused", (8, 4, 3)),
+        ("linear", "fused", (2, 5, 12)),  # the Gram route
+        ("linear", "closed-form", (8, 4, 3)),
+        ("mlp", "fused", (8, 4, 3)),
+        ("mlp", "fused", (2, 12, 3)),  # the Gram route
+        ("mlp", "autograd", (8, 4, 3)),
+    ],
 )
-def test_gradient_of_penalty_matches_finite_differences(kind, method):
+def test_gradient_of_penalty_matches_finite_differences(kind, method, shape):
     """∂L_gm/∂θ flows through both gradient terms: compare with central differences at fixed δ."""
-    features, labels = _batch(batch=8, dim=4, classes=3)
-    head = _head(kind, 4, 3)
+    batch, dim, classes = shape
+    features, labels = _batch(batch=batch, dim=dim, classes=classes)
+    head = _head(kind, dim, classes)
 
     def penalty():
         return lgm_penalty(

@@ -301,6 +301,21 @@ def _gram_or_direct_sq(coeffs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor
     return ((coeffs @ coeffs.T) * (rows @ rows.T)).sum()
 
 
+def _difference_sq_and_adjoint(coeffs: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the raw gradient difference D = coeffsᵀ rows ([k × d], never needed itself): ‖D‖²_F and
+    rows Dᵀ ([n × k], what the backward multiplies by), by whichever costs fewer multiply-adds:
+    the direct products (2·n·k·d), or the Gram matrix G = rows rowsᵀ (n²·(d + k)), with
+    rows Dᵀ = G coeffs and ‖D‖² = ⟨coeffs, G coeffs⟩. The Gram route wins when the head's layer is
+    wider than the stacked batch: the MLP's first layer (k = d), or a linear head with C > 2B classes."""
+    n, k = coeffs.shape
+    dim = rows.shape[1]
+    if n * (dim + k) < 2 * k * dim:
+        rows_dt = torch.mm(torch.mm(rows, rows.t()), coeffs)
+        return torch.mul(coeffs, rows_dt).sum().clamp_min(0), rows_dt  # rounding can dip below 0
+    raw = torch.mm(coeffs.t(), rows)
+    return raw.square().sum(), _times_transposed(rows, raw)
+
+
 class _FusedLinearLGM(torch.autograd.Function):
     """CE and L_gm of a linear head with a hand-derived backward (features get no gradient).
 
@@ -324,12 +339,10 @@ class _FusedLinearLGM(torch.autograd.Function):
         onehot = torch.zeros_like(probs).scatter_(1, labels[:, None], 1.0)
         prob_diff = probs - probs_hat
         coeffs = torch.cat([prob_diff, (onehot - probs_hat).mul_(gamma)])
-        raw_w = torch.mm(coeffs.t(), both)  # B·D_W
+        sq_w, both_dt = _difference_sq_and_adjoint(coeffs, both)  # ‖B·D_W‖², X (B·D_W)ᵀ
         raw_b = prob_diff.sum(0) if bias is not None else None  # B·D_b
-        raw_norm = torch.linalg.vector_norm(raw_w)
-        if raw_b is not None:
-            raw_norm = torch.hypot(raw_norm, torch.linalg.vector_norm(raw_b))
-        ctx.save_for_backward(both, probs, probs_hat, onehot, raw_w, raw_b, raw_norm)
+        raw_norm = (sq_w if raw_b is None else sq_w + raw_b.square().sum()).sqrt()
+        ctx.save_for_backward(both, probs, probs_hat, onehot, both_dt, raw_b, raw_norm)
         ctx.gamma = gamma
         ctx.mark_non_differentiable(logits)
         return ce, raw_norm / batch, logits
@@ -337,11 +350,11 @@ class _FusedLinearLGM(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ce, grad_pen, _grad_logits):
-        both, probs, probs_hat, onehot, raw_w, raw_b, raw_norm = ctx.saved_tensors
+        both, probs, probs_hat, onehot, both_dt, raw_b, raw_norm = ctx.saved_tensors
         gamma, batch = ctx.gamma, probs.shape[0]
         # U/B = raw/(‖raw‖·B); where ‖raw‖ = 0 (γ = 0) raw is 0 too, so the clamp gives U = 0, not NaN.
         scale = grad_pen / (raw_norm.clamp_min(1e-30) * batch)
-        h = _times_transposed(both, raw_w * scale)  # [2B, C]
+        h = both_dt * scale  # X U_Wᵀ, [2B, C]
         h_top, h_bot = h[:batch], h[batch:]
         if raw_b is not None:
             h_top = h_top + raw_b * scale
@@ -385,13 +398,12 @@ class _FusedMLPLGM(torch.autograd.Function):
         signal = torch.mm(err, w2) * mask  # S
         signal_diff = signal[:batch] - signal[batch:]
         raw_w2, raw_b2 = torch.mm(signed.t(), hidden), signed.sum(0)
-        raw_w1 = torch.mm(torch.cat([signal_diff, signal[batch:] * -gamma]).t(), both)
+        # B·D_W1 = [S_c − S_p; −γ S_p]ᵀ X is h × d: only its norm and X (B·D_W1)ᵀ are needed.
+        sq_w1, both_dt = _difference_sq_and_adjoint(torch.cat([signal_diff, signal[batch:] * -gamma]), both)
         raw_b1 = signal_diff.sum(0)
-        raw_norm = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(t) for t in (raw_w1, raw_b1, raw_w2, raw_b2)])
-        )
+        raw_norm = (sq_w1 + raw_b1.square().sum() + raw_w2.square().sum() + raw_b2.square().sum()).sqrt()
         ctx.save_for_backward(
-            w2, both, mask, hidden, probs, onehot, err, signed, raw_w1, raw_b1, raw_w2, raw_b2, raw_norm
+            w2, both, mask, hidden, probs, onehot, err, signed, both_dt, raw_b1, raw_w2, raw_b2, raw_norm
         )
         ctx.gamma = gamma
         logits = logits_all[:batch]
@@ -401,13 +413,13 @@ class _FusedMLPLGM(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ce, grad_pen, _grad_logits):
-        w2, both, mask, hidden, probs, onehot, err, signed, raw_w1, raw_b1, raw_w2, raw_b2, raw_norm = (
+        w2, both, mask, hidden, probs, onehot, err, signed, both_dt, raw_b1, raw_w2, raw_b2, raw_norm = (
             ctx.saved_tensors
         )
         gamma, batch = ctx.gamma, onehot.shape[0]
         scale = grad_pen / (raw_norm.clamp_min(1e-30) * batch)  # raw = 0 where the norm is 0: no NaN
         # Adjoint of S through B·D_W1 and B·D_b1.
-        q = torch.mm(both, (raw_w1 * scale).t())
+        q = both_dt * scale
         q_top = q[:batch] + raw_b1 * scale
         v = torch.cat([q_top, torch.add(q_top, q[batch:], alpha=gamma).neg_()]) * mask  # adjoint of E W2
         grad_err = torch.mm(v, w2.t())
