@@ -16,6 +16,7 @@ from noisylm.artifacts import (
     atomic_write_json,
     atomic_write_text,
     check_output_dir,
+    first_difference,
     provenance,
     read_json,
     sha256_file,
@@ -93,3 +94,10 @@ def test_atomic_dir_gets_umask_permissions_not_private(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+
+
+def test_first_difference_names_the_first_changed_key_in_sorted_order():
+    assert first_difference({"a": 1, "b": [1, 2]}, {"b": [1, 2], "a": 1}) == ""
+    assert first_difference({"a": 1, "c": 3}, {"a": 2, "c": 4}) == "a: 1 -> 2"
+    assert first_difference({"a": 1}, {"a": 1, "b": None}) == ""  # absent and None read the same
+    assert first_difference({"a": 1}, {"a": 1, "z": "x"}) == "z: None -> 'x'"

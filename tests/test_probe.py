@@ -426,6 +426,9 @@ def _start_probe(args, out, lines=1):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell without job control starts background jobs with SIGINT ignored, and the child would
+        # inherit that (Python then installs no KeyboardInterrupt handler): give it the default back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     progress = partial_dir(out) / "results.jsonl"
     deadline = time.monotonic() + 300

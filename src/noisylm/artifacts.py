@@ -165,3 +165,12 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise NoisyLMError(f"{what} {path} not found; check the path") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NoisyLMError(f"{what} {path} is not valid JSON ({exc}); regenerate it") from None
+
+
+def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The first top-level key (sorted) whose value differs between two recorded configs, as
+    ``"key: old -> new"``; ``""`` when they are equal. Resume checks use it to say what changed."""
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            return f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+    return ""

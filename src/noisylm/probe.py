@@ -56,6 +56,7 @@ from noisylm.artifacts import (
     atomic_write_json,
     atomic_write_text,
     check_output_dir,
+    first_difference,
     provenance,
     read_json,
     sha256_file,
@@ -594,11 +595,9 @@ def _claim_partial(partial: Path, state: dict[str, Any], *, resume: bool, overwr
 
 def _state_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     """The first difference that changes results between two probe states ('' when none)."""
-    from noisylm.sweep import _config_difference
-
     if old.get("format") != new["format"]:
         return f"format {old.get('format')!r}, expected {new['format']!r}"
-    differs = _config_difference(old.get("config") or {}, new["config"])
+    differs = first_difference(old.get("config") or {}, new["config"])
     if differs:
         return differs
     for key in ("device", "init_head_sha256"):

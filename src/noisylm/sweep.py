@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from noisylm.artifacts import atomic_write_json, atomic_write_text, provenance, read_json
+from noisylm.artifacts import atomic_write_json, atomic_write_text, first_difference, provenance, read_json
 from noisylm.errors import NoisyLMError, UsageError
 
 try:
@@ -386,11 +386,7 @@ def _claim_sweep_dir(out: Path, config: SweepConfig, overwrite: bool) -> None:
 
 def _config_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     """The first setting that changes results between two sweep configs ('' when none)."""
-    old, new = _results_only(old), _results_only(new)
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            return f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-    return ""
+    return first_difference(_results_only(old), _results_only(new))
 
 
 # Settings that change how runs are launched or logged, not their numbers: a sweep may resume with others.
