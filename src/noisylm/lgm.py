@@ -176,8 +176,8 @@ class LGMLoss(nn.Module):
             method=self.method,
             generator=self.generator,
         )
-        self._last = terms
-        loss = terms.ce + self.lam * terms.penalty if self.variant != "none" else terms.ce
+        self.__dict__["_last"] = terms  # plain attribute: skips nn.Module.__setattr__ on every step
+        loss = torch.add(terms.ce, terms.penalty, alpha=self.lam) if self.variant != "none" else terms.ce
         if self.anchor_weight > 0:
             loss = loss + 0.5 * self.anchor_weight * self.anchor_distance()
         return loss
