@@ -3,8 +3,10 @@ by `noisylm extract --backbone pixels`), CE vs CE + LGM, tables, Figure 6, and e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -112,6 +114,27 @@ def test_tables_have_the_paper_layout(digits_probe):
     assert csv[0].startswith("method,digits linear mean,digits linear std")
     assert len((out / "table_ablation.md").read_text().splitlines()) == 2 + 2 + 3
     assert "γ=0.05 λ=0.05" in (out / "table_sensitivity.md").read_text()
+
+
+def test_parallel_jobs_give_the_results_of_one_job(digits_probe, digits_cache, tmp_path):
+    reference, expected, config = digits_probe  # trained with jobs=1, one run after another
+    out = tmp_path / "jobs2"
+    summary = probe([digits_cache], out, dataclasses.replace(config, jobs=2))
+    for key in ("rows", "sensitivity", "figure6"):
+        assert summary[key] == expected[key], key
+    assert summary["reused_runs"] == 0 and not partial_dir(out).exists()
+
+    def without_timing(records):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+    # Run for run, in the same (protocol) order, whatever order the workers finished them in.
+    assert without_timing(_records(out)) == without_timing(_records(reference))
+    assert all(r["seconds"] > 0 for r in _records(out) if r["phase"] != "figure6")
+    tables = sorted(p.name for p in reference.glob("table_*"))
+    assert len(tables) == 6
+    for name in tables:
+        assert (out / name).read_text() == (reference / name).read_text(), name
+    assert json.loads((out / "probe.json").read_text())["config"]["jobs"] == 2
 
 
 def test_training_is_reproducible_and_lgm_changes_the_head(digits_cache):
@@ -357,6 +380,7 @@ def test_cli_anchor_weight_and_init_head(digits_cache, tmp_path, capsys):
         (["--init-head", str(wrong_shape)], 1, "weight has shape (10, 32) but the linear head for"),
         (["--init-head", str(good), "--heads", "linear", "mlp"], 2, "probe a single head kind"),
         (["--select-seeds", "0"], 2, "select_seeds must be >= 1"),
+        (["--jobs", "0"], 2, "jobs must be an integer >= 1 (runs trained at once), got 0"),
     ]
     for extra, code, message in cases:
         assert main([*base, "--out", str(out), *extra]) == code, extra
@@ -490,21 +514,39 @@ def test_killed_probe_resumes_without_retraining(digits_cache, tmp_path, capsys)
     assert (out / "table_main.md").read_text() == (reference / "table_main.md").read_text()
 
 
+def _children(pid):
+    """The pids of a process's children (Linux), or None where /proc does not say."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(child) for child in fh.read().split()]
+    except OSError:
+        return None
+
+
 def test_ctrl_c_keeps_the_finished_runs_and_says_how_to_resume(digits_cache, tmp_path, capsys):
     out = tmp_path / "out"
     args = [str(digits_cache), "--heads", "linear", "--losses", "ce", "--preset", "quick", "--epochs", "8"]
     args += ["--lr", "0.01", "0.003", "0.001", "--batch-size", "64", "--seeds", "5", "--no-figure6"]
-    proc = _start_probe([*args, "--no-progress"], out)
+    # Two runs at once in worker processes; Ctrl-C goes to the main process, which stops them.
+    proc = _start_probe([*args, "--no-progress", "--jobs", "2"], out)
+    workers = _children(proc.pid)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == (
+    assert err.strip().splitlines() == [
         f"noisylm probe: interrupted; the finished runs are kept in {partial_dir(out)}/, "
         "run the same command with --resume to continue"
-    )
-    assert not out.exists() and (partial_dir(out) / "results.jsonl").read_text().count("\n") >= 1
-    # A finished output with nothing to resume: one line that says so.
+    ]  # one line: no traceback from the workers
+    deadline = time.monotonic() + 30
+    while workers and any(os.path.exists(f"/proc/{pid}") for pid in workers):
+        assert time.monotonic() < deadline, "worker processes outlived the interrupted probe"
+        time.sleep(0.05)
+    finished = (partial_dir(out) / "results.jsonl").read_text().count("\n")
+    assert not out.exists() and finished >= 1
+    # The resume may use another --jobs (here 1): the finished runs are reused.
     assert main(["probe", *args, "--no-progress", "--out", str(out), "--resume"]) == 0
-    capsys.readouterr()
+    assert f"reused {finished} finished runs" in capsys.readouterr().out
+    assert len(_records(out)) == 3 + 5
+    # A finished output with nothing to resume: one line that says so.
     assert main(["probe", *args, "--no-progress", "--out", str(out), "--resume"]) == 1
     assert "holds no interrupted probe" in capsys.readouterr().err

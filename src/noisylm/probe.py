@@ -29,6 +29,12 @@ atomically; ``<out_dir>.partial/`` is then removed. After a crash or Ctrl-C, ``r
 same settings and caches reuses the finished runs (matched by their full spec) and trains the rest;
 training is seeded, so the numbers equal those of an uninterrupted probe.
 
+``jobs`` > 1 trains the independent runs of each phase at once in that many worker processes (all
+selection runs, then all final runs, then all Table 6 runs; Figure 6 stays in this process). The
+results equal those of ``jobs`` = 1 but for the ``seconds`` fields, and a probe may resume with
+another ``jobs``. The workers are started with "spawn", so a script that calls `probe` with
+``jobs`` > 1 needs the ``if __name__ == "__main__":`` guard.
+
 Presets (App. E): ``nlu`` = Adam, 10 epochs, lr ∈ {3e-4, 6e-4}, batch ∈ {8, 12, 16, 32};
 ``vision`` = AdamW, 30 epochs, cosine schedule, linear head lr 0.1 without weight decay, MLP lr 1e-3
 with weight decay 1e-4 (the paper gives no batch size; 128 here); ``quick`` = a small grid for demos.
@@ -41,10 +47,16 @@ import hashlib
 import itertools
 import json
 import math
+import multiprocessing
+import os
 import shutil
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +130,9 @@ class ProbeConfig:
     figure6: draw Figure 6 for the first cache and head.
     device: cpu | cuda | auto. threads: CPU threads while training (heads on batches of 8-128 rows
     train fastest single-threaded, and several probes can then share a machine; None = torch's
-    setting). progress: tqdm bars.
+    setting). jobs: runs trained at once, each in its own worker process with ``threads`` threads
+    (1 = one after another in this process); the results do not depend on it, and a resumed probe
+    may use another value. progress: tqdm bars.
     """
 
     heads: tuple[str, ...] = ("linear", "mlp")
@@ -137,6 +151,7 @@ class ProbeConfig:
     figure6: bool = True
     device: str = "auto"
     threads: int | None = 1
+    jobs: int = 1
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -186,6 +201,8 @@ class ProbeConfig:
                 )
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads must be >= 1, got {self.threads}")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise UsageError(f"jobs must be an integer >= 1 (runs trained at once), got {self.jobs!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise UsageError(f"unknown device {self.device!r}; use auto, cpu or cuda[:N]")
 
@@ -466,7 +483,8 @@ def probe(
 
     Each finished run is appended at once to ``<out_dir>.partial/results.jsonl``; ``out_dir`` is
     written at the end. ``resume``: continue the probe interrupted in ``<out_dir>.partial/`` (it must
-    have been started with the same config and caches), reusing its finished runs. ``overwrite``:
+    have been started with the same config and caches, ``jobs`` aside), reusing its finished runs.
+    ``config.jobs`` > 1 trains the runs of each phase in that many worker processes. ``overwrite``:
     replace an existing ``out_dir`` and, without ``resume``, discard an interrupted probe's state.
 
     Returns the summary (also written to ``out_dir/summary.json``): ``rows`` with one entry per
@@ -495,9 +513,15 @@ def probe(
 
     started = time.perf_counter()
     figure_stats: dict[str, Any] | None = None
-    session = _Session(config, device, init_state, finished, partial / "results.jsonl")
+    trainer: _InProcess | _WorkerPool
+    if config.jobs == 1:
+        trainer = _InProcess(datasets, device, init_state)
+    else:
+        fingerprints = [cache["sha256"] for cache in state["caches"]]
+        trainer = _WorkerPool(config, datasets, fingerprints, device, init_state, partial)
+    session = _Session(config, datasets, trainer, finished, partial / "results.jsonl")
     try:
-        with session, _torch_threads(config.threads):
+        with session, trainer, _torch_threads(config.threads):
             rows, sensitivity_rows = _protocol(session, datasets)
             if config.figure6:
                 # Figure 6 needs the heads themselves, so its three runs are trained again on resume.
@@ -532,7 +556,7 @@ def probe(
             if config.figure6:
                 shutil.copyfile(partial / "figure6.png", tmp / "figure6.png")
     except BaseException:
-        if not session.records and not finished:  # nothing finished: no state worth resuming
+        if not session.written and not finished:  # nothing finished: no state worth resuming
             shutil.rmtree(partial, ignore_errors=True)
         raise
     shutil.rmtree(partial, ignore_errors=True)
@@ -543,7 +567,8 @@ def _state(
     config: ProbeConfig, device: torch.device, datasets: list[ProbeData], init_sha256: str | None
 ) -> dict[str, Any]:
     """What must not change between a probe and its resumption: settings, device, cache contents."""
-    settings = {k: v for k, v in asdict(config).items() if k != "progress"}  # the bar changes no number
+    # The bar and the number of worker processes change no number: a probe may resume with other ones.
+    settings = {k: v for k, v in asdict(config).items() if k not in ("progress", "jobs")}
     return {
         "format": PARTIAL_FORMAT,
         "config": json.loads(json.dumps(settings)),  # tuples as lists, as read back from probe.json
@@ -633,21 +658,33 @@ def _spec_key(record: dict[str, Any]) -> tuple:
     return tuple(record.get(name) for name in SPEC_FIELDS)
 
 
+@dataclass(frozen=True)
+class _Task:
+    """One run to train: the cache (its index among the probe's caches), spec, recipe and phase."""
+
+    cache: int
+    spec: RunSpec
+    recipe: Recipe
+    phase: str
+
+
 class _Session:
-    """The runs of one probe, in protocol order: each is reused from an interrupted probe when its spec
-    matches a finished run there, else trained and appended at once to the progress file."""
+    """The runs of one probe: each is reused from an interrupted probe when its spec matches a finished
+    run there, else handed to the trainer and appended to the progress file as soon as it finishes."""
 
     def __init__(
         self,
         config: ProbeConfig,
-        device: torch.device,
-        init_state: dict[str, torch.Tensor] | None,
+        datasets: list[ProbeData],
+        trainer: _InProcess | _WorkerPool,
         finished: list[dict[str, Any]],
         progress_path: Path,
     ) -> None:
-        self.config, self.device, self.init_state = config, device, init_state
+        self.config, self.datasets, self.trainer = config, datasets, trainer
+        # In protocol order (the order of the tasks given to `run`), whatever order the runs finish in.
         self.records: list[dict[str, Any]] = []
         self.reused = 0
+        self.written = 0  # lines this probe added to the progress file
         # Per spec, a queue: two caches with the same backbone/dataset names are consumed in order.
         self._finished: dict[tuple, list[dict[str, Any]]] = {}
         for record in finished:
@@ -668,70 +705,224 @@ class _Session:
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+        self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
         self._progress.write((json.dumps(record) + "\n").encode("utf-8"))
+        self.written += 1
 
-    def run(self, data: ProbeData, spec: RunSpec, recipe: Recipe, phase: str) -> dict[str, Any]:
-        """One run's record: val accuracy, and test accuracy unless ``phase`` is "select"."""
-        ids = {
-            "phase": phase,
-            **_ids(data, spec.head, spec.loss),
-            **{k: v for k, v in asdict(spec).items() if k not in ("head", "loss")},
-            "init_head": self.config.init_head,
-            "epochs": recipe.epochs,
-        }
-        queue = self._finished.get(_spec_key(ids))
-        if queue:
-            record = queue.pop(0)
-            self.records.append(record)  # already in the progress file
-            self.reused += 1
+    def run(self, tasks: list[_Task]) -> list[dict[str, Any]]:
+        """The records of ``tasks``, in their order: val accuracy, and test accuracy unless the phase is
+        "select". The runs not reused are trained by the trainer (one by one, or several at once)."""
+        done: dict[int, dict[str, Any]] = {}
+        todo: list[tuple[int, _Task, dict[str, Any]]] = []
+        for i, task in enumerate(tasks):
+            ids = {
+                "phase": task.phase,
+                **_ids(self.datasets[task.cache], task.spec.head, task.spec.loss),
+                **{k: v for k, v in asdict(task.spec).items() if k not in ("head", "loss")},
+                "init_head": self.config.init_head,
+                "epochs": task.recipe.epochs,
+            }
+            queue = self._finished.get(_spec_key(ids))
+            if queue:
+                done[i] = queue.pop(0)  # already in the progress file
+                self.reused += 1
+                self.bar.update(1)
+            else:
+                todo.append((i, task, ids))
+        # This process is the only writer of the progress file: one line per run as it finishes.
+        for i, record in self.trainer.train(todo):
+            self._write(record)
+            done[i] = record
             self.bar.update(1)
-            return record
-        started = time.perf_counter()
-        head, train_loss = train_head(data, spec, recipe, self.device, self.init_state)
-        start = initial_head(data, spec, self.device, self.init_state)
-        record = {
-            **ids,
-            "train_loss": round(train_loss, 6),
-            "distance_to_init": round(_distance(head, start), 6),
-            "val_acc": accuracy(head, *data.splits["val"]),
-        }
-        if phase != "select":  # the test split is never used for selection
-            record["test_acc"] = accuracy(head, *data.splits["test"])
-        record["seconds"] = round(time.perf_counter() - started, 3)
-        self.append(record)
-        self.bar.update(1)
-        return record
+        ordered = [done[i] for i in range(len(tasks))]
+        self.records.extend(ordered)
+        return ordered
 
 
-def _protocol(session: _Session, datasets: list[ProbeData]) -> tuple[list[dict], list[dict]]:
-    """Selection and final runs of every cache × head × loss, then the Table 6 runs."""
-    config = session.config
-    session.bar = _progress_bar(config, datasets)
-    rows: list[dict[str, Any]] = []
-    sensitivity_rows: list[dict[str, Any]] = []
-    for data in datasets:
-        for head in config.heads:
-            recipe = config.recipe(head)
-            for loss in config.losses:
-                rows.append(_probe_one(session, data, head, loss, recipe))
-            if config.sensitivity and "lgm" in config.losses:
-                best = next(r for r in rows if _key(r) == (data.backbone, data.dataset, head, "lgm"))
-                for gamma, lam in config.sensitivity:
-                    accs = []
-                    lr, batch_size, alpha = best["lr"], best["batch_size"], config.anchor_weight
-                    for seed in range(config.seeds):
-                        spec = RunSpec(head, "lgm", lr, batch_size, gamma, lam, seed, alpha)
-                        accs.append(session.run(data, spec, recipe, "sensitivity")["test_acc"])
-                    sensitivity_rows.append(
-                        {**_ids(data, head, "lgm"), "gamma": gamma, "lam": lam, **_mean_std(accs)}
-                    )
-    return rows, sensitivity_rows
+def _train_record(
+    data: ProbeData,
+    task: _Task,
+    ids: dict[str, Any],
+    device: torch.device,
+    init_state: dict[str, torch.Tensor] | None,
+) -> dict[str, Any]:
+    """Train one run and return its record (``ids`` + loss, distance to θ₀, accuracies, seconds)."""
+    started = time.perf_counter()
+    head, train_loss = train_head(data, task.spec, task.recipe, device, init_state)
+    start = initial_head(data, task.spec, device, init_state)
+    record = {
+        **ids,
+        "train_loss": round(train_loss, 6),
+        "distance_to_init": round(_distance(head, start), 6),
+        "val_acc": accuracy(head, *data.splits["val"]),
+    }
+    if task.phase != "select":  # the test split is never used for selection
+        record["test_acc"] = accuracy(head, *data.splits["test"])
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
 
 
-def _probe_one(session: _Session, data: ProbeData, head: str, loss: str, recipe: Recipe) -> dict[str, Any]:
-    config = session.config
-    penalised = loss != "ce"
-    grid = list(
+_Done = Iterator[tuple[int, dict[str, Any]]]
+
+
+class _InProcess:
+    """Trains the runs one after another in this process (``jobs`` = 1)."""
+
+    def __init__(
+        self, datasets: list[ProbeData], device: torch.device, init_state: dict[str, torch.Tensor] | None
+    ) -> None:
+        self.datasets, self.device, self.init_state = datasets, device, init_state
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def train(self, todo: list[tuple[int, _Task, dict[str, Any]]]) -> _Done:
+        """(index, record) of each run of ``todo`` as it finishes."""
+        for i, task, ids in todo:
+            yield i, _train_record(self.datasets[task.cache], task, ids, self.device, self.init_state)
+
+
+class _WorkerPool:
+    """Trains up to ``jobs`` runs at once, each in a worker process with ``threads`` torch threads.
+
+    Workers are started with "spawn" (torch and fork do not mix) when the first run needs one, and
+    kept for the whole probe, so each reads each cache once (a task carries the cache's path, not its
+    tensors). On an error or Ctrl-C the queued runs are cancelled and the runs in flight are ended (a
+    resume trains them again); the finished ones are already in the progress file."""
+
+    def __init__(
+        self,
+        config: ProbeConfig,
+        datasets: list[ProbeData],
+        fingerprints: list[str],
+        device: torch.device,
+        init_state: dict[str, torch.Tensor] | None,
+        partial: Path,
+    ) -> None:
+        self.jobs, self.partial = config.jobs, partial
+        self.caches = [data.source for data in datasets]
+        self.fingerprints = fingerprints
+        # Workers train with the threads a `jobs` = 1 probe would use, so that the numbers are the same.
+        threads = config.threads if config.threads is not None else torch.get_num_threads()
+        init_bytes = None
+        if init_state is not None:
+            from safetensors.torch import save
+
+            init_bytes = save(init_state)
+        self._initargs = (threads, str(device), init_bytes, os.getpid())
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> _WorkerPool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if exc_type is not None:
+            # The runs in flight are abandoned: end their processes rather than wait for them.
+            # ProcessPoolExecutor has no public way to do so before Python 3.14.
+            terminate = getattr(pool, "terminate_workers", None)
+            if terminate is not None:
+                terminate()
+            else:
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def train(self, todo: list[tuple[int, _Task, dict[str, Any]]]) -> _Done:
+        """(index, record) of each run of ``todo`` as it finishes, in any order."""
+        if not todo:
+            return
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.jobs,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=self._initargs,
+            )
+        # Workers are started inside `submit`; see `_sigint_blocked`.
+        with _sigint_blocked():
+            futures = {
+                self._pool.submit(
+                    _worker_train, self.caches[task.cache], self.fingerprints[task.cache], task, ids
+                ): i
+                for i, task, ids in todo
+            }
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()  # a worker's error is raised here, as it was
+        except BrokenProcessPool:
+            raise NoisyLMError(
+                f"a probe worker process died (killed or out of memory, or a script calling probe() "
+                f"without an `if __name__ == '__main__':` guard); the finished runs are kept in "
+                f"{self.partial}/: run it again with --resume, with fewer --jobs if memory is short"
+            ) from None
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while worker processes start: they inherit the blocked signal (a
+    Ctrl-C goes to the whole process group) until `_worker_init` makes them ignore it for good, so that
+    only this process handles a Ctrl-C; one pressed meanwhile reaches this process when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+# The state of a worker process, set by `_worker_init`; caches are loaded on first use and kept.
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(threads: int, device: str, init_head: bytes | None, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    torch.set_num_threads(threads)
+    init_state = None
+    if init_head is not None:
+        from safetensors.torch import load
+
+        init_state = load(init_head)
+    _WORKER.update(device=torch.device(device), init_state=init_state, data={})
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    # An idle worker would wait for tasks forever once the main process is gone (kill -9): end it.
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _worker_train(cache: str, fingerprint: str, task: _Task, ids: dict[str, Any]) -> dict[str, Any]:
+    """One run in a worker process; its cache is read on the worker's first run of it, then kept."""
+    data = _WORKER["data"].get(cache)
+    if data is None:
+        data = load_probe_data(cache)
+        if _fingerprint(data) != fingerprint:
+            raise NoisyLMError(
+                f"{cache}: its features changed on disk while the probe ran; restore them, or start "
+                "again with --overwrite"
+            )
+        _WORKER["data"][cache] = data
+    return _train_record(data, task, ids, _WORKER["device"], _WORKER["init_state"])
+
+
+def _grid(config: ProbeConfig, head: str, loss: str) -> list[tuple[float, int, float, float]]:
+    """The (lr, batch size, γ, λ) points searched on validation; γ = λ = 0 for plain CE."""
+    recipe, penalised = config.recipe(head), loss != "ce"
+    return list(
         itertools.product(
             recipe.lrs,
             recipe.batch_sizes,
@@ -739,33 +930,101 @@ def _probe_one(session: _Session, data: ProbeData, head: str, loss: str, recipe:
             config.lams if penalised else (0.0,),
         )
     )
-    alpha, seeds = config.anchor_weight, range(config.select_seeds)
-    best_val, best = -1.0, grid[0]
-    for lr, batch_size, gamma, lam in grid:
-        # The grid point's score: mean validation accuracy over `select_seeds` seeds (1 in the paper).
-        specs = [RunSpec(head, loss, lr, batch_size, gamma, lam, seed, alpha) for seed in seeds]
-        score = statistics.fmean(session.run(data, spec, recipe, "select")["val_acc"] for spec in specs)
-        if score > best_val:  # ties keep the earlier (smaller) setting
-            best_val, best = score, (lr, batch_size, gamma, lam)
-    lr, batch_size, gamma, lam = best
-    finals = [
-        session.run(data, RunSpec(head, loss, lr, batch_size, gamma, lam, seed, alpha), recipe, "final")
-        for seed in range(config.seeds)
+
+
+def _protocol(session: _Session, datasets: list[ProbeData]) -> tuple[list[dict], list[dict]]:
+    """The protocol in three phases, each a list of independent runs that the session's trainer may run
+    at once: selection runs of every cache × head × loss, then the final runs at each selected
+    setting, then the Table 6 runs (at lgm's selected lr/batch)."""
+    config = session.config
+    session.bar = _progress_bar(config, datasets)
+    alpha = config.anchor_weight
+    cells = [(c, head, loss) for c in range(len(datasets)) for head in config.heads for loss in config.losses]
+    grids = {cell: _grid(config, cell[1], cell[2]) for cell in cells}
+
+    def task(
+        c: int, head: str, loss: str, point: tuple[float, int, float, float], seed: int, phase: str
+    ) -> _Task:
+        return _Task(c, RunSpec(head, loss, *point, seed, alpha), config.recipe(head), phase)
+
+    # 1. Selection: each grid point scores its mean validation accuracy over `select_seeds` seeds.
+    records = iter(
+        session.run(
+            [
+                task(c, head, loss, point, seed, "select")
+                for c, head, loss in cells
+                for point in grids[c, head, loss]
+                for seed in range(config.select_seeds)
+            ]
+        )
+    )
+    chosen: dict[tuple[int, str, str], tuple[tuple[float, int, float, float], float]] = {}
+    for cell in cells:
+        best_val, best = -1.0, grids[cell][0]
+        for point in grids[cell]:
+            score = statistics.fmean(next(records)["val_acc"] for _ in range(config.select_seeds))
+            if score > best_val:  # ties keep the earlier (smaller) setting
+                best_val, best = score, point
+        chosen[cell] = best, best_val
+
+    # 2. The selected setting of every cell with `seeds` seeds.
+    records = iter(
+        session.run(
+            [
+                task(c, head, loss, chosen[c, head, loss][0], seed, "final")
+                for c, head, loss in cells
+                for seed in range(config.seeds)
+            ]
+        )
+    )
+    rows = []
+    for c, head, loss in cells:
+        (lr, batch_size, gamma, lam), best_val = chosen[c, head, loss]
+        finals = [next(records) for _ in range(config.seeds)]
+        penalised = loss != "ce"
+        rows.append(
+            {
+                **_ids(datasets[c], head, loss),
+                "lr": lr,
+                "batch_size": batch_size,
+                "gamma": gamma if penalised else None,
+                "lam": lam if penalised else None,
+                "epochs": config.recipe(head).epochs,
+                "anchor_weight": alpha,
+                "init_head": config.init_head,
+                "select_seeds": config.select_seeds,
+                "selection_val_acc": best_val,
+                "val": _mean_std([r["val_acc"] for r in finals]),
+                **_mean_std([r["test_acc"] for r in finals]),
+            }
+        )
+
+    # 3. Table 6: L_gm at (γ, λ) pairs, at the lr and batch size selected for lgm.
+    pairs = [
+        (c, head, gamma, lam)
+        for c in range(len(datasets))
+        for head in config.heads
+        for gamma, lam in (config.sensitivity if "lgm" in config.losses else ())
     ]
-    return {
-        **_ids(data, head, loss),
-        "lr": lr,
-        "batch_size": batch_size,
-        "gamma": gamma if penalised else None,
-        "lam": lam if penalised else None,
-        "epochs": recipe.epochs,
-        "anchor_weight": alpha,
-        "init_head": config.init_head,
-        "select_seeds": config.select_seeds,
-        "selection_val_acc": best_val,
-        "val": _mean_std([r["val_acc"] for r in finals]),
-        **_mean_std([r["test_acc"] for r in finals]),
-    }
+    records = iter(
+        session.run(
+            [
+                task(c, head, "lgm", (*chosen[c, head, "lgm"][0][:2], gamma, lam), seed, "sensitivity")
+                for c, head, gamma, lam in pairs
+                for seed in range(config.seeds)
+            ]
+        )
+    )
+    sensitivity_rows = [
+        {
+            **_ids(datasets[c], head, "lgm"),
+            "gamma": gamma,
+            "lam": lam,
+            **_mean_std([next(records)["test_acc"] for _ in range(config.seeds)]),
+        }
+        for c, head, gamma, lam in pairs
+    ]
+    return rows, sensitivity_rows
 
 
 def _ids(data: ProbeData, head: str, loss: str) -> dict[str, str]:

@@ -24,7 +24,13 @@ progress and resume: while it runs, the probe works in OUT.partial/; its results
   per finished run (`tail -f` it). OUT appears only when everything is done, and OUT.partial/ is then
   removed. After a crash or Ctrl-C, run the same command with --resume: finished runs are reused, not
   retrained, and the numbers equal those of an uninterrupted probe. A different config or cache is
-  refused; --overwrite without --resume discards OUT.partial/ and starts again.
+  refused; --overwrite without --resume discards OUT.partial/ and starts again. --jobs may differ
+  between a probe and its --resume.
+
+parallel runs: --jobs N trains up to N runs of each phase at once (all selection runs, then all final
+  runs, then all Table 6 runs; Figure 6 last, in the main process), each in its own worker process
+  with --threads threads that loads every cache once. The numbers, tables and results.jsonl equal
+  those of --jobs 1 (but for the seconds fields).
 
 L2-SP (Table 4): --anchor-weight A adds (A/2)||theta - theta_0||^2 to every loss (ce included),
   theta_0 = the head's initial weights: its seeded random init, or --init-head FILE.safetensors (a
@@ -37,6 +43,7 @@ examples:
   noisylm probe feats/dtd-effnet --preset vision --sensitivity paper --out probes/t6
   noisylm probe feats/wn-minilm --heads linear --init-head h0.safetensors --anchor-weight 0.01 --out l2sp
   noisylm probe feats/wn-minilm --select-seeds 3 --out probes/wn --resume     # after a crash
+  noisylm probe feats/wn-minilm --jobs 4 --threads 1 --out probes/wn          # 4 runs at once on 4 cores
 """
 
 
@@ -108,6 +115,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads", type=int, default=1, help="CPU threads while training heads (0 = torch's default)"
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train up to N runs at once in separate processes, each with --threads threads; results "
+        "are identical to --jobs 1. On a machine with N cores, --jobs N --threads 1 is the fast setting",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing --out (and, without --resume, discard an interrupted OUT.partial/)",
@@ -146,6 +161,7 @@ def run_probe(args: argparse.Namespace) -> int:
         figure6=not args.no_figure6,
         device=args.device,
         threads=args.threads or None,
+        jobs=args.jobs,
         progress=not args.no_progress,
     )
     try:
