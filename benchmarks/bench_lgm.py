@@ -10,10 +10,11 @@
     (method / CE) of that round, robust to load drift.
 (b) Wall time of a full `noisylm probe` grid (preset nlu: 10 epochs, lr {3e-4, 6e-4} x batch
     {8, 12, 16, 32}, then 5 seeds; linear and MLP heads) with losses=ce vs losses=lgm on real MiniLM
-    features of the WordNet task (extracted once into a temporary folder, or --cache DIR).
+    features of the WordNet task (extracted once into a temporary folder, or --cache DIR); with
+    --jobs N also the lgm grid trained N runs at a time (`probe --jobs N`), against --jobs 1.
 
 usage: python benchmarks/bench_lgm.py [--only a,b] [--threads 1] [--rounds 30] [--max-train 1000]
-       [--cache DIR]
+       [--cache DIR] [--jobs N]
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def _time_case(kind: str, batch: int, dim: int, classes: int, rounds: int, steps
     return times
 
 
-def probe_wall_time(max_train: int, cache: Path | None) -> list[dict]:
+def probe_wall_time(max_train: int, cache: Path | None, jobs: int) -> list[dict]:
     from noisylm.features import extract
     from noisylm.probe import ProbeConfig, probe
 
@@ -111,15 +112,22 @@ def probe_wall_time(max_train: int, cache: Path | None) -> list[dict]:
             )
             took = time.perf_counter() - start
             print(f"extracted MiniLM features of {max_train} WordNet glosses in {took:.0f} s")
-        for loss in ("ce", "lgm"):
+        settings = [("ce", 1), ("lgm", 1)] + ([("lgm", jobs)] if jobs > 1 else [])
+        for loss, n_jobs in settings:
             config = ProbeConfig(
-                losses=(loss,), preset="nlu", seeds=5, figure6=False, device="cpu", progress=False
+                losses=(loss,),
+                preset="nlu",
+                seeds=5,
+                figure6=False,
+                device="cpu",
+                progress=False,
+                jobs=n_jobs,
             )
             start = time.perf_counter()
-            summary = probe([cache], Path(tmp) / f"probe-{loss}", config)
+            summary = probe([cache], Path(tmp) / f"probe-{loss}-{n_jobs}", config)
             wall = time.perf_counter() - start
             accs = {r["head"]: f"{r['mean']:.2f} ± {r['std']:.2f}" for r in summary["rows"]}
-            rows.append({"losses": loss, "seconds": wall, "test_acc": accs})
+            rows.append({"losses": loss, "jobs": n_jobs, "seconds": wall, "test_acc": accs})
     return rows
 
 
@@ -133,6 +141,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per method per round")
     parser.add_argument("--max-train", type=int, default=1000, help="WordNet training examples for (b)")
     parser.add_argument("--cache", type=Path, default=None, help="an existing MiniLM WordNet cache for (b)")
+    parser.add_argument("--jobs", type=int, default=1, help="(b): also the lgm grid with `probe --jobs N`")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     parts = set(args.only.split(","))
@@ -148,12 +157,20 @@ def main() -> None:
             )
     if "b" in parts:
         print("\n(b) full probe grid (nlu preset, 8 grid points + 5 seeds, linear + MLP), MiniLM WordNet")
-        rows = probe_wall_time(args.max_train, args.cache)
-        print("| losses | wall time (s) | test accuracy (linear / mlp) |\n|---|---|---|")
+        rows = probe_wall_time(args.max_train, args.cache, args.jobs)
+        print("| losses | --jobs | wall time (s) | test accuracy (linear / mlp) |\n|---|---|---|---|")
         for r in rows:
             accs = r["test_acc"]
-            print(f"| {r['losses']} | {r['seconds']:.1f} | {accs.get('linear')} / {accs.get('mlp')} |")
+            print(
+                f"| {r['losses']} | {r['jobs']} | {r['seconds']:.1f} | "
+                f"{accs.get('linear')} / {accs.get('mlp')} |"
+            )
         print(f"ratio lgm / ce: {rows[1]['seconds'] / rows[0]['seconds']:.2f}x")
+        if len(rows) > 2:
+            print(
+                f"lgm with --jobs {args.jobs}: "
+                f"{rows[1]['seconds'] / rows[2]['seconds']:.2f}x faster than --jobs 1"
+            )
 
 
 if __name__ == "__main__":
