@@ -1,0 +1,165 @@
+"""What a probe runs: the losses and head kinds, the presets' recipes, and `ProbeConfig`.
+
+Presets (App. E): ``nlu`` = Adam, 10 epochs, lr ∈ {3e-4, 6e-4}, batch ∈ {8, 12, 16, 32};
+``vision`` = AdamW, 30 epochs, cosine schedule, linear head lr 0.1 without weight decay, MLP lr 1e-3
+with weight decay 1e-4 (the paper gives no batch size; 128 here); ``quick`` = a small grid for demos.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from noisylm.errors import UsageError
+from noisylm.heads import HEAD_KINDS
+from noisylm.lgm import VARIANTS
+
+# Loss names of the probe: `ce` is plain cross-entropy, the rest are LGM variants added to it.
+LOSSES = ("ce",) + tuple(v for v in VARIANTS if v != "none")
+LOSS_LABELS = {
+    "ce": "",
+    "lgm": " + L_gm",
+    "norm": " + ‖∇θ ℓ‖₂",
+    "cosine": " + (1 − cos)",
+    "l2-output": " + L2 (‖g(t) − g(t̂)‖₂)",
+}
+HEAD_LABELS = {"linear": "Linear", "mlp": "MLP"}
+PAPER_SENSITIVITY = ((0.001, 0.001), (0.05, 0.05), (0.1, 0.1))  # Table 6
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimiser and schedule of one head kind under a preset (App. E)."""
+
+    epochs: int
+    lrs: tuple[float, ...]
+    batch_sizes: tuple[int, ...]
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine
+
+
+PRESETS: dict[str, dict[str, Recipe]] = {
+    "nlu": {kind: Recipe(epochs=10, lrs=(3e-4, 6e-4), batch_sizes=(8, 12, 16, 32)) for kind in HEAD_KINDS},
+    "vision": {
+        "linear": Recipe(30, (0.1,), (128,), optimizer="adamw", weight_decay=0.0, schedule="cosine"),
+        "mlp": Recipe(30, (1e-3,), (128,), optimizer="adamw", weight_decay=1e-4, schedule="cosine"),
+    },
+    "quick": {kind: Recipe(epochs=8, lrs=(1e-3, 3e-3), batch_sizes=(32,)) for kind in HEAD_KINDS},
+}
+
+
+@dataclass
+class ProbeConfig:
+    """What `probe` runs.
+
+    heads: head kinds (`linear`, `mlp`). losses: `ce` and/or LGM variants (`lgm`, `norm`, `cosine`,
+    `l2-output`). preset: `nlu`, `vision` or `quick` (optimiser, epochs, lr and batch grids).
+    epochs / lrs / batch_sizes: override the preset's values for every head.
+    gammas, lams: the γ and λ grids searched on validation for penalised losses (paper: 0.01, 0.15).
+    anchor_weight: α of the L2-SP term (α/2)‖θ − θ₀‖² added to every loss (`ce` included), θ₀ = the
+    head's initial weights (0 = off). init_head: a safetensors file of one head's state_dict that every
+    run starts from (and anchors to) instead of a seeded random init; needs a single head kind.
+    seeds: seeds per selected setting (mean ± std over them). select_seeds: seeds per grid point during
+    selection, scored by their mean validation accuracy (1 = the paper's protocol; N costs N times the
+    selection runs and gives a steadier choice when the validation split is small).
+    sensitivity: (γ, λ) pairs for Table 6, trained for `lgm` at its selected lr/batch.
+    figure6: draw Figure 6 for the first cache and head.
+    device: cpu | cuda | auto. threads: CPU threads while training (heads on batches of 8-128 rows
+    train fastest single-threaded, and several probes can then share a machine; None = torch's
+    setting). jobs: runs trained at once, each in its own worker process with ``threads`` threads
+    (1 = one after another in this process); the results do not depend on it, and a resumed probe
+    may use another value. progress: tqdm bars.
+    """
+
+    heads: tuple[str, ...] = ("linear", "mlp")
+    losses: tuple[str, ...] = ("ce", "lgm")
+    preset: str = "nlu"
+    epochs: int | None = None
+    lrs: tuple[float, ...] | None = None
+    batch_sizes: tuple[int, ...] | None = None
+    gammas: tuple[float, ...] = (0.01,)
+    lams: tuple[float, ...] = (0.15,)
+    anchor_weight: float = 0.0
+    init_head: str | None = None
+    seeds: int = 5
+    select_seeds: int = 1
+    sensitivity: tuple[tuple[float, float], ...] = ()
+    figure6: bool = True
+    device: str = "auto"
+    threads: int | None = 1
+    jobs: int = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.heads, self.losses = tuple(self.heads), tuple(self.losses)
+        self.gammas, self.lams = tuple(self.gammas), tuple(self.lams)
+        self.sensitivity = tuple((float(g), float(lam)) for g, lam in self.sensitivity)
+        _check_choices("head", self.heads, HEAD_KINDS)
+        _check_choices("loss", self.losses, LOSSES)
+        if self.preset not in PRESETS:
+            raise UsageError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        if self.lrs is not None:
+            self.lrs = tuple(float(x) for x in self.lrs)
+            if not self.lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs):
+                raise UsageError(f"learning rates must be positive numbers, got {self.lrs}")
+        if self.batch_sizes is not None:
+            self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
+            if not self.batch_sizes or min(self.batch_sizes) < 1:
+                raise UsageError(f"batch sizes must be >= 1, got {self.batch_sizes}")
+        for name, values in (("gamma", self.gammas), ("lambda", self.lams)):
+            if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
+                raise UsageError(f"{name} values must be finite numbers >= 0, got {values}")
+        if self.sensitivity and "lgm" not in self.losses:
+            raise UsageError("the sensitivity grid (Table 6) varies L_gm; add `lgm` to the losses")
+        for gamma, lam in self.sensitivity:
+            if not (gamma >= 0 and lam >= 0 and math.isfinite(gamma + lam)):
+                raise UsageError(f"sensitivity pairs need finite gamma, lambda >= 0, got ({gamma}, {lam})")
+        if self.seeds < 1:
+            raise UsageError(f"seeds must be >= 1, got {self.seeds}")
+        if self.select_seeds < 1:
+            raise UsageError(f"select_seeds must be >= 1 (seeds per grid point), got {self.select_seeds}")
+        try:
+            self.anchor_weight = float(self.anchor_weight)
+        except (TypeError, ValueError):
+            raise UsageError(f"anchor_weight must be a number, got {self.anchor_weight!r}") from None
+        if not (self.anchor_weight >= 0 and math.isfinite(self.anchor_weight)):
+            raise UsageError(
+                f"anchor_weight (α of the L2-SP term) must be a finite number >= 0, got {self.anchor_weight}"
+            )
+        if self.init_head is not None:
+            self.init_head = str(self.init_head)
+            if len(self.heads) != 1:
+                raise UsageError(
+                    f"init_head holds the weights of one head kind but heads are {', '.join(self.heads)}; "
+                    "probe a single head kind with it (e.g. --heads linear)"
+                )
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"threads must be >= 1, got {self.threads}")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise UsageError(f"jobs must be an integer >= 1 (runs trained at once), got {self.jobs!r}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise UsageError(f"unknown device {self.device!r}; use auto, cpu or cuda[:N]")
+
+    def recipe(self, head: str) -> Recipe:
+        base = PRESETS[self.preset][head]
+        return Recipe(
+            epochs=self.epochs or base.epochs,
+            lrs=self.lrs or base.lrs,
+            batch_sizes=self.batch_sizes or base.batch_sizes,
+            optimizer=base.optimizer,
+            weight_decay=base.weight_decay,
+            schedule=base.schedule,
+        )
+
+
+def _check_choices(what: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    if not values:
+        raise UsageError(f"no {what}s given; choose from {', '.join(allowed)}")
+    for value in values:
+        if value not in allowed:
+            raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+    if len(set(values)) != len(values):
+        raise UsageError(f"{what}s repeated in {values}; list each once")

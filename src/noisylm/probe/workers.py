@@ -1,0 +1,183 @@
+"""Who trains the runs of a phase: this process one after another, or a pool of spawned workers.
+
+``jobs`` > 1 trains the independent runs of each phase at once in that many worker processes (all
+selection runs, then all final runs, then all Table 6 runs; Figure 6 stays in this process). The
+results equal those of ``jobs`` = 1 but for the ``seconds`` fields, and a probe may resume with
+another ``jobs``. The workers are started with "spawn", so a script that calls `probe` with
+``jobs`` > 1 needs the ``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from noisylm.errors import NoisyLMError
+from noisylm.probe.config import ProbeConfig
+from noisylm.probe.data import ProbeData, cache_fingerprint, load_probe_data
+from noisylm.probe.training import Task, train_record
+
+_Done = Iterator[tuple[int, dict[str, Any]]]
+
+
+class InProcess:
+    """Trains the runs one after another in this process (``jobs`` = 1)."""
+
+    def __init__(
+        self, datasets: list[ProbeData], device: torch.device, init_state: dict[str, torch.Tensor] | None
+    ) -> None:
+        self.datasets, self.device, self.init_state = datasets, device, init_state
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def train(self, todo: list[tuple[int, Task, dict[str, Any]]]) -> _Done:
+        """(index, record) of each run of ``todo`` as it finishes."""
+        for i, task, ids in todo:
+            yield i, train_record(self.datasets[task.cache], task, ids, self.device, self.init_state)
+
+
+class WorkerPool:
+    """Trains up to ``jobs`` runs at once, each in a worker process with ``threads`` torch threads.
+
+    Workers are started with "spawn" (torch and fork do not mix) when the first run needs one, and
+    kept for the whole probe, so each reads each cache once (a task carries the cache's path, not its
+    tensors). On an error or Ctrl-C the queued runs are cancelled and the runs in flight are ended (a
+    resume trains them again); the finished ones are already in the progress file."""
+
+    def __init__(
+        self,
+        config: ProbeConfig,
+        datasets: list[ProbeData],
+        fingerprints: list[str],
+        device: torch.device,
+        init_state: dict[str, torch.Tensor] | None,
+        partial: Path,
+    ) -> None:
+        self.jobs, self.partial = config.jobs, partial
+        self.caches = [data.source for data in datasets]
+        self.fingerprints = fingerprints
+        # Workers train with the threads a `jobs` = 1 probe would use, so that the numbers are the same.
+        threads = config.threads if config.threads is not None else torch.get_num_threads()
+        init_bytes = None
+        if init_state is not None:
+            from safetensors.torch import save
+
+            init_bytes = save(init_state)
+        self._initargs = (threads, str(device), init_bytes, os.getpid())
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if exc_type is not None:
+            # The runs in flight are abandoned: end their processes rather than wait for them.
+            # ProcessPoolExecutor has no public way to do so before Python 3.14.
+            terminate = getattr(pool, "terminate_workers", None)
+            if terminate is not None:
+                terminate()
+            else:
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def train(self, todo: list[tuple[int, Task, dict[str, Any]]]) -> _Done:
+        """(index, record) of each run of ``todo`` as it finishes, in any order."""
+        if not todo:
+            return
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.jobs,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=self._initargs,
+            )
+        # Workers are started inside `submit`; see `_sigint_blocked`.
+        with _sigint_blocked():
+            futures = {
+                self._pool.submit(
+                    _worker_train, self.caches[task.cache], self.fingerprints[task.cache], task, ids
+                ): i
+                for i, task, ids in todo
+            }
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()  # a worker's error is raised here, as it was
+        except BrokenProcessPool:
+            raise NoisyLMError(
+                f"a probe worker process died (killed or out of memory, or a script calling probe() "
+                f"without an `if __name__ == '__main__':` guard); the finished runs are kept in "
+                f"{self.partial}/: run it again with --resume, with fewer --jobs if memory is short"
+            ) from None
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while worker processes start: they inherit the blocked signal (a
+    Ctrl-C goes to the whole process group) until `_worker_init` makes them ignore it for good, so that
+    only this process handles a Ctrl-C; one pressed meanwhile reaches this process when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+# The state of a worker process, set by `_worker_init`; caches are loaded on first use and kept.
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(threads: int, device: str, init_head: bytes | None, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    torch.set_num_threads(threads)
+    init_state = None
+    if init_head is not None:
+        from safetensors.torch import load
+
+        init_state = load(init_head)
+    _WORKER.update(device=torch.device(device), init_state=init_state, data={})
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    # An idle worker would wait for tasks forever once the main process is gone (kill -9): end it.
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _worker_train(cache: str, fingerprint: str, task: Task, ids: dict[str, Any]) -> dict[str, Any]:
+    """One run in a worker process; its cache is read on the worker's first run of it, then kept."""
+    data = _WORKER["data"].get(cache)
+    if data is None:
+        data = load_probe_data(cache)
+        if cache_fingerprint(data) != fingerprint:
+            raise NoisyLMError(
+                f"{cache}: its features changed on disk while the probe ran; restore them, or start "
+                "again with --overwrite"
+            )
+        _WORKER["data"][cache] = data
+    return train_record(data, task, ids, _WORKER["device"], _WORKER["init_state"])
