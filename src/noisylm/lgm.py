@@ -292,28 +292,27 @@ def _linear_closed_form(
 
 
 def _gram_or_direct_sq(coeffs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """‖coeffsᵀ rows‖²_F, by whichever of the direct product (C × d) or the Gram matrices
-    (2B × 2B) is cheaper: sum((M Mᵀ) ⊙ (X Xᵀ)) = ‖Mᵀ X‖²_F."""
-    n, num_classes = coeffs.shape
-    dim = rows.shape[1]
-    if num_classes * dim <= n * (dim + num_classes):
-        return (coeffs.T @ rows).pow(2).sum()
-    return ((coeffs @ coeffs.T) * (rows @ rows.T)).sum()
+    """‖coeffsᵀ rows‖²_F alone (for the autograd closed form): `_difference_sq_and_adjoint` without
+    the adjoint."""
+    return _difference_sq_and_adjoint(coeffs, rows, adjoint=False)[0]
 
 
-def _difference_sq_and_adjoint(coeffs: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _difference_sq_and_adjoint(
+    coeffs: torch.Tensor, rows: torch.Tensor, adjoint: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """For the raw gradient difference D = coeffsᵀ rows ([k × d], never needed itself): ‖D‖²_F and
-    rows Dᵀ ([n × k], what the backward multiplies by), by whichever costs fewer multiply-adds:
-    the direct products (2·n·k·d), or the Gram matrix G = rows rowsᵀ (n²·(d + k)), with
-    rows Dᵀ = G coeffs and ‖D‖² = ⟨coeffs, G coeffs⟩. The Gram route wins when the head's layer is
-    wider than the stacked batch: the MLP's first layer (k = d), or a linear head with C > 2B classes."""
+    (``adjoint``) rows Dᵀ ([n × k], what the backward multiplies by), by whichever costs fewer
+    multiply-adds: the direct products (n·k·d each), or the Gram matrix G = rows rowsᵀ
+    (n²·(d + k)), with rows Dᵀ = G coeffs and ‖D‖² = ⟨coeffs, G coeffs⟩. The Gram route wins when
+    the head's layer is wider than the stacked batch: the MLP's first layer (k = d), or a linear head
+    with C > 2B classes."""
     n, k = coeffs.shape
     dim = rows.shape[1]
-    if n * (dim + k) < 2 * k * dim:
+    if n * (dim + k) < (2 if adjoint else 1) * k * dim:
         rows_dt = torch.mm(torch.mm(rows, rows.t()), coeffs)
         return torch.mul(coeffs, rows_dt).sum().clamp_min(0), rows_dt  # rounding can dip below 0
     raw = torch.mm(coeffs.t(), rows)
-    return raw.square().sum(), _times_transposed(rows, raw)
+    return raw.square().sum(), _times_transposed(rows, raw) if adjoint else None
 
 
 class _FusedLinearLGM(torch.autograd.Function):
