@@ -11,6 +11,8 @@ The directories are shared between tests: treat them as read-only (write to ``tm
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -138,15 +140,31 @@ TINY_RUN = dict(
 )
 
 
-@pytest.fixture
-def torch_single_thread():
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
     """One intra-op thread for tiny models: on a shared 2-core machine more threads only contend."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def torch_single_thread():
+    """One torch thread for one test."""
+    with _one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread_module():
+    """One torch thread for a whole module, its module-scoped fixtures included."""
+    with _one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

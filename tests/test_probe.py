@@ -34,13 +34,8 @@ from noisylm.probe import (
 TINY = dict(preset="quick", epochs=3, lrs=(0.01,), batch_sizes=(64,), seeds=2, device="cpu", progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Heads this small train fastest single-threaded (as `probe` does by default).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Heads this small train fastest single-threaded (as `probe` does by default).
+pytestmark = pytest.mark.usefixtures("torch_single_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -274,7 +274,7 @@ def test_bigram_hash_table_counts_are_exact_with_collisions():
     assert np.array_equal(model.pair_counts(prev, cur), expected)
 
 
-def test_model_detector_with_a_trained_model(shakespeare_bytes, tmp_path):
+def test_model_detector_with_a_trained_model(shakespeare_bytes, tmp_path, torch_single_thread):
     import torch
 
     from noisylm.corpora import bundled_corpora
@@ -292,30 +292,23 @@ def test_model_detector_with_a_trained_model(shakespeare_bytes, tmp_path):
     inject(tmp_path / "small", tmp_path / "noisy", alpha=0.2, kind="uniform", placement="interleave", seed=1,
            progress=False)  # fmt: skip
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and safe under pytest -n 2
-    try:
-        torch.manual_seed(0)
-        model = GPT(preset("tiny", vocab_size=257))
-        clean = torch.from_numpy(
-            np.asarray(ShardSet.open(shakespeare_bytes).tokens("train")).astype(np.int64)
-        )
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        generator = torch.Generator().manual_seed(0)
-        for _ in range(80):  # enough to learn byte statistics: loss ~3.4 vs log 257 = 5.55
-            starts = torch.randint(0, len(clean) - 65, (16,), generator=generator).tolist()
-            batch = torch.stack([clean[s : s + 65] for s in starts])
-            _, loss = model(batch[:, :-1], batch[:, 1:])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        assert loss.item() < 4.0
-        save_checkpoint(
-            tmp_path / "run" / "checkpoints", 80, model, optimizer, {"model": model.config.to_dict()}, []
-        )
-        report = S.scan(tmp_path / "noisy", tmp_path / "m", model=str(tmp_path / "run"), progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", vocab_size=257))
+    clean = torch.from_numpy(np.asarray(ShardSet.open(shakespeare_bytes).tokens("train")).astype(np.int64))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(80):  # enough to learn byte statistics: loss ~3.4 vs log 257 = 5.55
+        starts = torch.randint(0, len(clean) - 65, (16,), generator=generator).tolist()
+        batch = torch.stack([clean[s : s + 65] for s in starts])
+        _, loss = model(batch[:, :-1], batch[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 4.0
+    save_checkpoint(
+        tmp_path / "run" / "checkpoints", 80, model, optimizer, {"model": model.config.to_dict()}, []
+    )
+    report = S.scan(tmp_path / "noisy", tmp_path / "m", model=str(tmp_path / "run"), progress=False)
     assert report["detector"]["detector"] == "model"
     assert report["truth"]["f1"] >= 0.95 and report["truth"]["alpha_rel_error"] <= 0.10
     assert report["threshold"] < math.log(257)

@@ -17,14 +17,7 @@ from noisylm.errors import NoisyLMError, UsageError
 from noisylm.model import GPT, preset
 from noisylm.shards import ShardSet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one torch thread is faster than several fighting over a shared machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_single_thread_module")
 
 
 @pytest.fixture(scope="module")
