@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from noisylm.artifacts import atomic_path, atomic_write_json, atomic_write_text, provenance, read_json
+from noisylm.artifacts import atomic_write_json, atomic_write_text, provenance, read_json
 from noisylm.errors import NoisyLMError
+from noisylm.plotting import figure_row, save_png
 from noisylm.sweep import read_metrics
 
 KIND_STYLE = {None: "-", "uniform": "-", "boosted": "--", "gaussian": ":", "mojibake": "-.", "corpus": "-."}
@@ -232,8 +233,7 @@ class _Section:
         folder.mkdir(parents=True, exist_ok=True)
 
     def figure(self, fig: Any, name: str, caption: str) -> None:
-        with atomic_path(self.folder / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+        save_png(fig, self.folder / name, dpi=DPI)
         self.items.append({"type": "figure", "path": name, "caption": caption})
 
     def table(self, rows: list[dict[str, Any]], stem: str, caption: str, formats: dict[str, str]) -> None:
@@ -267,14 +267,6 @@ def _cell(value: Any, spec: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return format(value, spec) if spec else str(value)
-
-
-def _figure(ncols: int = 1, width: float = 5.2, height: float = 3.6) -> tuple[Any, list[Any]]:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
 
 
 def _style(run: Run, runs: list[Run]) -> dict[str, Any]:
@@ -318,7 +310,7 @@ def _runs_section(folder: Path, runs: list[Run], clean: Run | None, domains: lis
 
 def _fig2_section(folder: Path, runs: list[Run], clean: Run | None) -> None:
     section = _Section(folder, "Fig. 2: clean validation loss", 20)
-    fig, (ax,) = _figure()
+    fig, (ax,) = figure_row()
     for run in runs:
         if run.loss("val") is not None:
             ax.plot(run.iters, run.loss("val"), **_style(run, runs))
@@ -330,7 +322,7 @@ def _fig2_section(folder: Path, runs: list[Run], clean: Run | None) -> None:
         section.write()
         return
     noisy = [r for r in runs if r.kind is not None]
-    fig, (ax,) = _figure()
+    fig, (ax,) = figure_row()
     for run in noisy:
         x, y = diff_same_iter(run, clean)
         ax.plot(x, y, **_style(run, runs))
@@ -344,7 +336,7 @@ def _fig2_section(folder: Path, runs: list[Run], clean: Run | None) -> None:
         "fig2b.png",
         "(b) Clean-loss difference between each noisy run and the clean run at the same iteration.",
     )
-    fig, (ax,) = _figure()
+    fig, (ax,) = figure_row()
     for run in noisy:
         x, y = diff_same_clean_tokens(run, clean)
         ax.plot(x, y, **_style(run, runs))
@@ -372,7 +364,7 @@ def _fig3_section(folder: Path, runs: list[Run], clean: Run | None, vocab: int |
         section.text("No noisy run has logged a loss on its noise yet.")
         section.write()
         return
-    fig, (ax,) = _figure()
+    fig, (ax,) = figure_row()
     for run in noisy:
         ax.plot(run.iters, run.loss("noise"), **_style(run, runs))
     if vocab:
@@ -401,8 +393,8 @@ def _fig3_section(folder: Path, runs: list[Run], clean: Run | None, vocab: int |
         section.text("Fig. 3(b)/(c) compare noise kinds at the same α; the sweep has one kind per α.")
         section.write()
         return
-    fig, (ax_b,) = _figure()
-    fig_c, (ax_c,) = _figure()
+    fig, (ax_b,) = figure_row()
+    fig_c, (ax_c,) = figure_row()
     for group in groups.values():
         for run in group:
             ax_b.plot(run.iters, run.loss("noise"), **_style(run, runs))
@@ -433,7 +425,7 @@ def _fig4_section(folder: Path, runs: list[Run], clean: Run | None, domains: lis
     if not domains:
         section.text("The sweep evaluates no other domain; add one under [domains] in its config.")
     for domain in domains:
-        fig, (ax_loss, ax_diff) = _figure(ncols=2)
+        fig, (ax_loss, ax_diff) = figure_row(ncols=2)
         for run in runs:
             if run.loss(domain) is not None:
                 ax_loss.plot(run.iters, run.loss(domain), **_style(run, runs))
@@ -460,7 +452,7 @@ def _fig8_section(folder: Path, root: Path, meta: dict[str, Any]) -> None:
         section.text("The sweep's shard sets are not under data/; Fig. 8 needs them.")
         section.write()
         return
-    fig, axes = _figure(ncols=len(panels), width=4.0, height=3.2)
+    fig, axes = figure_row(ncols=len(panels), width=4.0, height=3.2)
     for ax, (title, counts) in zip(axes, panels, strict=True):
         prior = counts / max(counts.sum(), 1)
         if len(prior) <= 1024:

@@ -46,7 +46,6 @@ import numpy as np
 
 from noisylm.artifacts import (
     atomic_dir,
-    atomic_path,
     atomic_write_json,
     atomic_write_text,
     check_output_dir,
@@ -54,6 +53,7 @@ from noisylm.artifacts import (
     sha256_file,
 )
 from noisylm.errors import NoisyLMError, UsageError
+from noisylm.plotting import save_png
 from noisylm.shards import MANIFEST, ShardSet
 
 DETECTORS = ("mixture", "unigram", "model")
@@ -1249,8 +1249,7 @@ def _plot(
     ax.set_title(f"scan: {config.detector} detector, window {config.window}, stride {config.stride}")
     ax.legend(loc="upper right", fontsize=8)
     fig.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=0.13)  # fixed: tight_layout is slow
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+    save_png(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, provenance
 from noisylm.errors import NoisyLMError
+from noisylm.plotting import save_png
 from noisylm.shards import ShardSet
 
 TOP_K = 8
@@ -160,4 +161,4 @@ def _plot(shards: ShardSet, priors: dict[str, np.ndarray], path: Path) -> None:
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     axes[0].set_ylabel("prior probability")
     fig.suptitle(f"Token priors ({shards.tokenizer}, V = {shards.vocab_size})", fontsize=10)
-    fig.savefig(path, dpi=120)
+    save_png(fig, path, dpi=120)

@@ -37,6 +37,7 @@ import numpy as np
 from noisylm import theory as T
 from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, provenance, read_json
 from noisylm.errors import NoisyLMError, UsageError
+from noisylm.plotting import figure_row, save_png
 
 SECTION = "theory"
 SECTION_ORDER = 60
@@ -615,20 +616,13 @@ def lemma1_for_run(
 # Figures
 
 
-def _figure(ncols: int = 1, width: float = 5.2, height: float = 3.6) -> tuple[Any, list[Any]]:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
-
-
 def fig9(folder: Path) -> tuple[str, str]:
     """Fig. 9: f(ε) and L(P^c, h) for α = 0.55, k = 1, L(P^c,h*) = 2.9, L(P^n,h*) = 2.8."""
     a, k = FIG9["alpha"], FIG9["k"]
     p_c, p_n = math.exp(-FIG9["clean_loss_ref"]), math.exp(-FIG9["noise_loss_ref"])
     prop = T.proposition1(a, k, p_c, p_n)
     eps = np.linspace(0.0, min(4 * prop.eta, 0.999 * p_c), 400)
-    fig, (ax1, ax2) = _figure(2)
+    fig, (ax1, ax2) = figure_row(2)
     ax1.plot(eps, T.f_gap(eps, a, k, p_c, p_n), color="C0")
     ax1.axhline(0, color="grey", linewidth=0.8)
     ax2.plot(eps, -np.log(p_c - eps), color="C1")
@@ -643,7 +637,7 @@ def fig9(folder: Path) -> tuple[str, str]:
     ax2.set_ylabel("L(P^c,h)")
     ax2.set_title("(b) clean loss")
     name = "fig9.png"
-    _save(fig, folder / name)
+    save_png(fig, folder / name, dpi=DPI)
     caption = (
         f"Fig. 9 (App. D.3), α = {a}, k = {k:g}, L(P^c,h*) = 2.9, L(P^n,h*) = 2.8: statement "
         f"({prop.statement}) applies, ε ≤ 2η = {2 * prop.eta:.5f}, so the clean loss rises by at most "
@@ -655,7 +649,7 @@ def fig9(folder: Path) -> tuple[str, str]:
 
 
 def fig7a(folder: Path, curves: dict[str, list[EvalPoint]]) -> str:
-    fig, (ax,) = _figure(1, 6.0, 3.8)
+    fig, (ax,) = figure_row(1, 6.0, 3.8)
     for i, (name, points) in enumerate(curves.items()):
         iters = np.array([p.iter for p in points])
         k = np.array([p.k for p in points])
@@ -669,7 +663,7 @@ def fig7a(folder: Path, curves: dict[str, list[EvalPoint]]) -> str:
     ax.set_title("(a) k over training (h* = the clean run at the same iteration)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    _save(fig, folder / "fig7a.png")
+    save_png(fig, folder / "fig7a.png", dpi=DPI)
     return "fig7a.png"
 
 
@@ -707,7 +701,7 @@ def fig7b(folder: Path, rows: list[dict[str, Any]]) -> str | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
         ax.set_ylabel("L(P^m,h) (nats)")
-    _save(fig, folder / "fig7b.png")
+    save_png(fig, folder / "fig7b.png", dpi=DPI)
     return "fig7b.png"
 
 
@@ -715,7 +709,7 @@ def fig_predicted(folder: Path, rows: list[dict[str, Any]]) -> str | None:
     usable = [r for r in rows if "statement" in r]
     if not usable:
         return None
-    fig, (ax,) = _figure(1, max(5.0, 1.0 * len(usable) + 3), 3.8)
+    fig, (ax,) = figure_row(1, max(5.0, 1.0 * len(usable) + 3), 3.8)
     x = np.arange(len(usable))
     bound = np.array([r["predicted_increase_bound"] for r in usable])
     measured = np.array([r["measured_increase"] for r in usable])
@@ -745,12 +739,8 @@ def fig_predicted(folder: Path, rows: list[dict[str, Any]]) -> str | None:
     ax.set_title("Clean-loss increase: Prop. 1 vs measured", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
-    _save(fig, folder / "predicted_vs_measured.png")
+    save_png(fig, folder / "predicted_vs_measured.png", dpi=DPI)
     return "predicted_vs_measured.png"
-
-
-def _save(fig: Any, path: Path) -> None:
-    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from noisylm.plotting import save_png
 from noisylm.probe.config import ProbeConfig
 from noisylm.probe.data import ProbeData
 from noisylm.probe.training import RunSpec, accuracy, run_ids, train_head
@@ -142,9 +143,6 @@ def figure6(
         f"({data.backbone} / {data.dataset}, {head_kind} head; green = correct label)",
         fontsize=10,
     )
-    from noisylm.artifacts import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    save_png(fig, path, dpi=110)
     plt.close(fig)
     return stats
