@@ -176,18 +176,6 @@ def _folder_hash(folder: Path) -> str:
     return _hash_files([p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes])
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise NoisyLMError(f"device {device} requested but CUDA is not available; use --device cpu")
-    return resolved
-
-
 class Backbone:
     """A frozen feature extractor. `encode` maps a batch of inputs to float32 features [B, d]."""
 
@@ -556,7 +544,9 @@ def load_backbone(
         )
     if pooling is not None and pooling not in ("last", "mean"):
         raise UsageError(f"unknown pooling {pooling!r}; use last or mean")
-    dev = _resolve_device(device)
+    from noisylm.training.trainer import resolve_device
+
+    dev = resolve_device(device)
     if family == "pixels":
         return Pixels(spec, dev)
     if family == "minilm":

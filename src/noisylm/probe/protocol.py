@@ -56,7 +56,9 @@ def probe(
     init_state, init_sha256 = None, None
     if config.init_head is not None:
         init_state, init_sha256 = load_init_head(config.init_head, config.heads[0], datasets)
-    device = _resolve_device(config.device)
+    from noisylm.training.trainer import resolve_device
+
+    device = resolve_device(config.device)
     partial = partial_dir(out_dir)
     if resume and not overwrite and Path(out_dir).exists() and not partial.exists():
         raise NoisyLMError(
@@ -334,11 +336,3 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NoisyLMError(f"device {device} requested but CUDA is not available; use --device cpu")
-    return torch.device(device)

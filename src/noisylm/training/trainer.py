@@ -63,19 +63,18 @@ def init_distributed(device: str) -> Distributed:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """ "auto" → the local GPU if there is one, else the CPU."""
+    """ "auto" → the local GPU if there is one, else the CPU; "cuda" → this process's GPU. Shared by
+    train, sample, extract and probe; an unknown or unavailable device is one clear error."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
     try:
-        device = torch.device(name)
+        device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
     except RuntimeError:
         raise UsageError(f"device {name!r} is not valid; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise NoisyLMError(f"device {name!r} requested but CUDA is not available; use device = 'cpu'")
+        raise NoisyLMError(f"device {name!r} requested but CUDA is not available; use the CPU (device cpu)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise NoisyLMError(f"device {name!r} requested but MPS is not available; use device = 'cpu'")
+        raise NoisyLMError(f"device {name!r} requested but MPS is not available; use the CPU (device cpu)")
     return device
 
 
