@@ -794,15 +794,10 @@ def theory(sweep_dir: str | os.PathLike, config: TheoryConfig | None = None, **o
         config = dataclasses.replace(config, **options)
     root = Path(sweep_dir)
     meta, clean, noisy = load_sweep(root)
-    import torch
+    from noisylm.training.trainer import torch_threads
 
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _theory(root, config, clean, noisy)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _theory(root: Path, config: TheoryConfig, clean: RunInfo, noisy: list[RunInfo]) -> Path:

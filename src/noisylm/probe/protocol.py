@@ -3,18 +3,15 @@ that reuses an interrupted probe's finished runs and records each new one as it 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import shutil
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir, provenance
 from noisylm.errors import NoisyLMError, UsageError
@@ -25,6 +22,7 @@ from noisylm.probe.resume import claim_partial, partial_dir, probe_state, spec_k
 from noisylm.probe.tables import write_tables
 from noisylm.probe.training import RunSpec, Task, load_init_head, run_ids
 from noisylm.probe.workers import InProcess, WorkerPool
+from noisylm.training.trainer import resolve_device, torch_threads
 
 
 def probe(
@@ -56,8 +54,6 @@ def probe(
     init_state, init_sha256 = None, None
     if config.init_head is not None:
         init_state, init_sha256 = load_init_head(config.init_head, config.heads[0], datasets)
-    from noisylm.training.trainer import resolve_device
-
     device = resolve_device(config.device)
     partial = partial_dir(out_dir)
     if resume and not overwrite and Path(out_dir).exists() and not partial.exists():
@@ -79,7 +75,7 @@ def probe(
         trainer = WorkerPool(config, datasets, fingerprints, device, init_state, partial)
     session = _Session(config, datasets, trainer, finished, partial / "results.jsonl")
     try:
-        with session, trainer, _torch_threads(config.threads):
+        with session, trainer, torch_threads(config.threads):
             rows, sensitivity_rows = _protocol(session, datasets)
             if config.figure6:
                 # Figure 6 needs the heads themselves, so its three runs are trained again on resume.
@@ -325,14 +321,3 @@ def _progress_bar(config: ProbeConfig, datasets: list[ProbeData]):
         if "lgm" in config.losses:
             total += len(config.sensitivity) * config.seeds
     return tqdm(total=total * len(datasets), desc="probe runs", unit="run", disable=not config.progress)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
