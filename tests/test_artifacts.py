@@ -19,6 +19,7 @@ from noisylm.artifacts import (
     first_difference,
     provenance,
     read_json,
+    read_jsonl,
     sha256_file,
 )
 from noisylm.errors import NoisyLMError
@@ -101,3 +102,10 @@ def test_first_difference_names_the_first_changed_key_in_sorted_order():
     assert first_difference({"a": 1, "c": 3}, {"a": 2, "c": 4}) == "a: 1 -> 2"
     assert first_difference({"a": 1}, {"a": 1, "b": None}) == ""  # absent and None read the same
     assert first_difference({"a": 1}, {"a": 1, "z": "x"}) == "z: None -> 'x'"
+
+
+def test_read_jsonl_keeps_whole_objects_and_drops_a_torn_last_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    assert read_jsonl(path) == []  # not written yet
+    path.write_text('{"iter": 1}\n[1, 2]\n\n{"iter": 2}\n{"iter": 3, "lo', "utf-8")
+    assert read_jsonl(path) == [{"iter": 1}, {"iter": 2}]

@@ -174,3 +174,21 @@ def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
         if old.get(key) != new.get(key):
             return f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
     return ""
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSONL file we append to (metrics, probe progress): every line that parses to
+    an object. A torn last line from a killed writer is dropped; a missing file reads as []."""
+    try:
+        text = Path(path).read_text("utf-8")
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

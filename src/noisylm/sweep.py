@@ -32,7 +32,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from noisylm.artifacts import atomic_write_json, atomic_write_text, first_difference, provenance, read_json
+from noisylm.artifacts import (
+    atomic_write_json,
+    atomic_write_text,
+    first_difference,
+    provenance,
+    read_json,
+    read_jsonl,
+)
 from noisylm.errors import NoisyLMError, UsageError
 
 try:
@@ -590,16 +597,7 @@ def _record_failure(run_dir: Path, message: str) -> None:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The lines of ``metrics.jsonl`` (a torn last line from a killed run is ignored)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text("utf-8").splitlines():
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return lines
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def final_eval(run_dir: Path) -> dict[str, Any] | None:

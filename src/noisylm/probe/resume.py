@@ -24,6 +24,7 @@ from noisylm.artifacts import (
     first_difference,
     provenance,
     read_json,
+    read_jsonl,
 )
 from noisylm.errors import NoisyLMError
 from noisylm.probe.config import ProbeConfig
@@ -78,7 +79,7 @@ def claim_partial(partial: Path, state: dict[str, Any], *, resume: bool, overwri
                 f"{partial} holds a probe started with different settings ({differs}); resume it with the "
                 "same settings and caches, or drop --resume and pass --overwrite to start again"
             )
-        finished = [r for r in _read_progress(partial / "results.jsonl") if r.get("phase") != "figure6"]
+        finished = [r for r in read_jsonl(partial / "results.jsonl") if r.get("phase") != "figure6"]
         # Rewritten without a torn last line (a kill mid-write), so that appended lines stay whole.
         atomic_write_text(partial / "results.jsonl", "".join(json.dumps(r) + "\n" for r in finished))
         return finished
@@ -110,23 +111,6 @@ def _state_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
         if a.get("sha256") != b["sha256"]:
             return f"cache {i} ({b['source']}) holds other features than {a.get('source')} did"
     return ""
-
-
-def _read_progress(path: Path) -> list[dict[str, Any]]:
-    """The complete lines of a progress file (a torn last line from a killed probe is dropped)."""
-    try:
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in text.split("\n")[:-1]:  # the part after the last newline is empty or torn
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def spec_key(record: dict[str, Any]) -> tuple:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from noisylm.artifacts import atomic_write_text
+from noisylm.artifacts import atomic_write_text, read_jsonl
 from noisylm.errors import NoisyLMError
 
 # Dense bf16/fp16 tensor-core peak FLOP/s by device name (datasheets), for MFU. CPUs: unknown.
@@ -41,15 +41,7 @@ def peak_flops(device: torch.device) -> float | None:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The complete lines of a metrics.jsonl (a torn last line from a killed run is dropped)."""
-    if not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return lines
+    return read_jsonl(path)
 
 
 class MetricsLogger:
