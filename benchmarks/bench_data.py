@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from noisylm.artifacts import atomic_write_json, sha256_file
-from noisylm.corpora import bundled_corpora, iter_documents
-from noisylm.inject import inject
-from noisylm.prepare import prepare
-from noisylm.shards import MANIFEST, SHARD_FORMAT
-from noisylm.tokenizers import get_tokenizer
+from noisylm.data.corpora import bundled_corpora, iter_documents
+from noisylm.data.injection import inject
+from noisylm.data.preparation import prepare
+from noisylm.data.shards import MANIFEST, SHARD_FORMAT
+from noisylm.data.tokenizers import get_tokenizer
 
 REPEATS = 3  # (b)
 REPEATS_PREPARE = 2  # (a)
@@ -159,7 +159,7 @@ def bench_inject(tmp: Path, tokens: int) -> dict:
 
 RSS_SCRIPT = """
 import sys
-from noisylm.prepare import prepare
+from noisylm.data.preparation import prepare
 prepare([sys.argv[1]], sys.argv[2], tokenizer=sys.argv[3], num_proc=2, val_fraction=0.0, progress=False)
 """
 

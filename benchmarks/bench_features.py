@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from noisylm.datasets import load_dataset
-from noisylm.features import extract, load_backbone
+from noisylm.probing.datasets import load_dataset
+from noisylm.probing.features import extract, load_backbone
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, float]:

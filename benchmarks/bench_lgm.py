@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from noisylm.heads import make_head
-from noisylm.lgm import LGMLoss
-from noisylm.probe import ProbeConfig, make_optimizer
+from noisylm.probing.heads import make_head
+from noisylm.probing.lgm import LGMLoss
+from noisylm.probing.protocol import ProbeConfig, make_optimizer
 
 STEP_CASES = [("linear", 32, 768, 20), ("linear", 32, 4096, 2), ("mlp", 32, 768, 20)]
 TARGETS = {"linear": 1.5, "mlp": 2.5}
@@ -99,8 +99,8 @@ def _time_case(kind: str, batch: int, dim: int, classes: int, rounds: int, steps
 
 
 def probe_wall_time(max_train: int, cache: Path | None, jobs: int) -> list[dict]:
-    from noisylm.features import extract
-    from noisylm.probe import ProbeConfig, probe
+    from noisylm.probing.features import extract
+    from noisylm.probing.protocol import ProbeConfig, probe
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

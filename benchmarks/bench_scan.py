@@ -31,14 +31,14 @@ import numpy as np
 what, shard_dir, out = sys.argv[1], sys.argv[2], sys.argv[3]
 tracemalloc.start()
 if what == "bincount":
-    from noisylm.shards import ShardSet
+    from noisylm.data.shards import ShardSet
     tokens = ShardSet.open(shard_dir).tokens("train")
     started = time.perf_counter()
     counts = np.bincount(tokens, minlength=50257)
     seconds = time.perf_counter() - started
     extra = {"total": int(counts.sum())}
 else:
-    from noisylm.scan import scan
+    from noisylm.scan.pipeline import scan
     started = time.perf_counter()
     report = scan(shard_dir, out, progress=False)
     seconds = time.perf_counter() - started
@@ -51,8 +51,8 @@ print(json.dumps({"seconds": seconds, "peak_heap_mb": peak_heap / 2**20,
 
 def build_shard(root: Path, total_tokens: int, alpha: float, seed: int) -> Path:
     """Bundled Shakespeare (GPT-2 tokens) tiled to ``total_tokens`` with uniform noise documents."""
-    from noisylm.prepare import prepare
-    from noisylm.shards import ShardSet, write_manifest
+    from noisylm.data.preparation import prepare
+    from noisylm.data.shards import ShardSet, write_manifest
 
     base = root / "base"
     prepare([], base, tokenizer="gpt2", corpus="shakespeare", val_fraction=0.05, seed=0, progress=False)

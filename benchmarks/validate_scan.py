@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from noisylm.prepare import prepare
-from noisylm.scan import (
+from noisylm.data.preparation import prepare
+from noisylm.scan.pipeline import (
     VALIDATION_ALPHAS,
     VALIDATION_KINDS,
     VALIDATION_PLACEMENTS,

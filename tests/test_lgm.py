@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.heads import LinearHead, MLPHead
-from noisylm.lgm import (
+from noisylm.probing.heads import LinearHead, MLPHead
+from noisylm.probing.lgm import (
     VARIANTS,
     LGMLoss,
     _difference_sq_and_adjoint,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from noisylm.data.noise import GPT2_NOISE_VOCAB, NOISE_KINDS, BoostedSampler, generate_noise, make_sampler
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.noise import GPT2_NOISE_VOCAB, NOISE_KINDS, BoostedSampler, generate_noise, make_sampler
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -102,7 +102,7 @@ def test_bad_histograms(tmp_path, content, message):
 
 @pytest.mark.parametrize("tokenizer, V", [("bytes", 256), ("gpt2", GPT2_NOISE_VOCAB)])
 def test_mojibake_is_mis_decoded_real_text(tokenizer, V):
-    from noisylm.tokenizers import get_tokenizer
+    from noisylm.data.tokenizers import get_tokenizer
 
     sampler = make_sampler("mojibake", V, rng(7), tokenizer=tokenizer)
     x = sampler.sample(20_000)
@@ -120,7 +120,7 @@ def test_mojibake_is_mis_decoded_real_text(tokenizer, V):
 
 
 def test_corpus_noise_is_the_source_train_tokens_from_a_document_start(python_docs_bytes):
-    from noisylm.shards import ShardSet
+    from noisylm.data.shards import ShardSet
 
     source = ShardSet.open(python_docs_bytes)
     tokens = np.asarray(source.tokens("train"))

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from noisylm.cli import main
-from noisylm.corpora import bundled_corpora
+from noisylm.data.corpora import bundled_corpora
+from noisylm.data.preparation import _is_val, merge, prepare
+from noisylm.data.shards import ShardSet, verify
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.prepare import _is_val, merge, prepare
-from noisylm.shards import ShardSet, verify
 
 
 def _plays(n: int = 4) -> list[Path]:
@@ -80,7 +80,7 @@ def test_validation_assignment_is_systematic_and_exact():
 
 
 def test_two_processes_give_identical_bytes_and_are_deterministic(tmp_path, monkeypatch):
-    import noisylm.prepare as prep
+    import noisylm.data.preparation as prep
 
     monkeypatch.setattr(prep, "BATCH_CHARS", 50_000)  # many batches in flight
     inputs = _plays(3)
@@ -239,7 +239,7 @@ def test_prepare_write_failures_leave_nothing(tmp_path, capsys, monkeypatch):
     )
     assert rc == 1 and "cannot create" in err and err.count("\n") == 1
 
-    import noisylm.prepare as prep
+    import noisylm.data.preparation as prep
 
     def disk_full(self, ids, documents):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -292,8 +292,8 @@ def test_merge_cli_and_noisy_sets_are_refused(tmp_path, capsys, shakespeare_byte
 
 
 def test_streaming_a_long_document_in_small_pieces_keeps_tiktoken_ids(tmp_path, monkeypatch, tiktoken_gpt2):
-    import noisylm.corpora as corpora
-    import noisylm.prepare as prep
+    import noisylm.data.corpora as corpora
+    import noisylm.data.preparation as prep
 
     monkeypatch.setattr(corpora, "PIECE_CHARS", 3000)  # a play becomes ~40 pieces
     monkeypatch.setattr(prep, "BATCH_CHARS", 20_000)  # and ~6 batches over 2 processes

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from noisylm.cli import main
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.probe import (
+from noisylm.probing.protocol import (
     ProbeConfig,
     ProbeData,
     RunSpec,
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread_module")
 
 @pytest.fixture(scope="module")
 def digits_cache(tmp_path_factory):
-    from noisylm.features import extract
+    from noisylm.probing.features import extract
 
     return extract(
         "pixels", "digits", tmp_path_factory.mktemp("probe") / "digits", progress=False, device="cpu"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from noisylm.errors import NoisyLMError
-from noisylm.report import Run, diff_same_clean_tokens, diff_same_iter, report, write_index
+from noisylm.experiments.reporting import Run, diff_same_clean_tokens, diff_same_iter, report, write_index
 
 pytest_plugins = ["sweep_fixtures"]  # the `finished_sweep` fixture
 RUNS = ["clean", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.2"]

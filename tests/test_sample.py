@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from noisylm.cli import main
+from noisylm.data.tokenizers import get_tokenizer
 from noisylm.errors import UsageError
-from noisylm.sample import sample
-from noisylm.tokenizers import get_tokenizer
 from noisylm.training.checkpoint import load_model
+from noisylm.training.sampling import sample
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from noisylm import scan as S
 from noisylm.cli import main
+from noisylm.data.shards import MANIFEST, ShardSet
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.shards import MANIFEST, ShardSet
+from noisylm.scan import pipeline as S
 
 
 # ------------------------------------------------------------------------------ brute-force references
@@ -125,7 +125,7 @@ def test_scan_finds_appended_uniform_noise_and_writes_artifacts(scanned):
 
 
 def test_prediction_follows_proposition1(scanned):
-    from noisylm import theory
+    from noisylm.theory import formulas as theory
 
     pred = scanned[0]["prediction"]
     p_c, p_n = np.exp(-pred["clean_loss"]), np.exp(-pred["noise_loss"])
@@ -160,7 +160,7 @@ def test_unigram_detector_and_clean_bytes_corpus(noisy_bytes, shakespeare_bytes,
 
 
 def test_filter_removes_exactly_the_flagged_spans(scanned, noisy_bytes, shakespeare_bytes):
-    from noisylm.shards import verify
+    from noisylm.data.shards import verify
 
     report, root = scanned
     filtered = ShardSet.open(root / "filtered")
@@ -277,10 +277,10 @@ def test_bigram_hash_table_counts_are_exact_with_collisions():
 def test_model_detector_with_a_trained_model(shakespeare_bytes, tmp_path, torch_single_thread):
     import torch
 
-    from noisylm.corpora import bundled_corpora
-    from noisylm.inject import inject
+    from noisylm.data.corpora import bundled_corpora
+    from noisylm.data.injection import inject
+    from noisylm.data.preparation import prepare
     from noisylm.model import GPT, preset
-    from noisylm.prepare import prepare
     from noisylm.training.checkpoint import save_checkpoint
 
     plays = bundled_corpora()["shakespeare"]
@@ -317,7 +317,7 @@ def test_model_detector_with_a_trained_model(shakespeare_bytes, tmp_path, torch_
 
 
 def test_reference_finds_heavy_mojibake(shakespeare_gpt2, python_docs_bytes, tmp_path):
-    from noisylm.inject import inject
+    from noisylm.data.injection import inject
 
     noisy = tmp_path / "mojibake"
     inject(shakespeare_gpt2, noisy, alpha=0.2, kind="mojibake", placement="append", seed=0, progress=False)

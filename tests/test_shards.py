@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from noisylm.cli import main
+from noisylm.data.shards import ShardSet, verify, write_manifest
 from noisylm.errors import NoisyLMError
-from noisylm.shards import ShardSet, verify, write_manifest
 
 
 @pytest.fixture

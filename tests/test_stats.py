@@ -9,8 +9,8 @@ import pytest
 from matplotlib.image import imread
 
 from noisylm.cli import main
-from noisylm.shards import ShardSet
-from noisylm.stats import entropy_bits, stats, token_counts
+from noisylm.data.shards import ShardSet
+from noisylm.data.statistics import entropy_bits, stats, token_counts
 
 
 @pytest.fixture(scope="module")

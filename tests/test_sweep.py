@@ -14,7 +14,7 @@ import pytest
 
 from noisylm.cli import main as cli_main
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.sweep import PRESETS, SweepConfig, load_sweep_config, run_name, run_status, sweep
+from noisylm.experiments.sweep import PRESETS, SweepConfig, load_sweep_config, run_name, run_status, sweep
 
 pytest_plugins = ["sweep_fixtures"]  # the `finished_sweep` and `tiny_config` fixtures
 RUNS = ["clean", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.2"]  # the grid of `tiny_config`
@@ -211,7 +211,7 @@ def log(self, record):  # fault injection: SIGKILL the sweep mid-run, between tw
         os.kill(os.getpid(), signal.SIGKILL)
 
 metrics.MetricsLogger.log = log
-from noisylm.sweep import sweep
+from noisylm.experiments.sweep import sweep
 sweep(sys.argv[1], sys.argv[2])
 """
 

@@ -1,4 +1,4 @@
-"""Proposition 1 / Lemma 1 (noisylm.theory) against brute-force numerics and hand-computed values.
+"""Proposition 1 / Lemma 1 (noisylm.theory.formulas) against brute-force numerics and hand-computed values.
 
 Each statement of Prop. 1 is checked on grids of (α, k, p_c, p_n) by evaluating f(ε) = L(P^m,h*) −
 L(P^m,h) (Eq. 17) directly from the loss definitions on a dense ε grid, never through the closed forms
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from noisylm import theory as T
 from noisylm.errors import NoisyLMError
+from noisylm.theory import formulas as T
 
 
 def mixed_gap_brute(eps: np.ndarray, alpha: float, k: float, p_c: float, p_n: float) -> np.ndarray:

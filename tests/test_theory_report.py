@@ -11,18 +11,18 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from noisylm import theory as T
-from noisylm import theory_report as R
+from noisylm.data.shards import ShardSet
 from noisylm.errors import NoisyLMError, UsageError
 from noisylm.model import GPT, preset
-from noisylm.shards import ShardSet
+from noisylm.theory import formulas as T
+from noisylm.theory import measure as R
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread_module")
 
 
 @pytest.fixture(scope="module")
 def interleaved(tmp_path_factory, shakespeare_bytes):
-    from noisylm.inject import inject
+    from noisylm.data.injection import inject
 
     out = tmp_path_factory.mktemp("theory") / "interleaved"
     inject(
@@ -201,8 +201,8 @@ TINY_TRAIN = {
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory, shakespeare_bytes):
     """A real sweep: the clean run and uniform noise at α = 0.2, 30 iterations of the tiny GPT."""
-    from noisylm.report import report
-    from noisylm.sweep import SweepConfig, sweep
+    from noisylm.experiments.reporting import report
+    from noisylm.experiments.sweep import SweepConfig, sweep
 
     out = tmp_path_factory.mktemp("theory") / "sweep"
     config = SweepConfig(

@@ -9,8 +9,8 @@ from importlib import resources
 import numpy as np
 import pytest
 
+from noisylm.data.tokenizers import get_tokenizer, token_dtype
 from noisylm.errors import UsageError
-from noisylm.tokenizers import get_tokenizer, token_dtype
 
 GPT2_URLS = {
     "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",

@@ -1,10 +1,15 @@
 """noisylm: random noise in language-model pre-training data.
 
-Data flow (each arrow is one CLI subcommand and one public function):
+Data flow (each arrow is one CLI subcommand and one public function); each stage is one subpackage:
 
     text ──prepare──▶ shards ──inject──▶ noisy shards ──train──▶ run dir ──sweep/report──▶ figures
-                                                              └──theory──▶ predicted vs measured
-    labelled data ──extract──▶ feature cache ──probe (CE | CE+LGM)──▶ tables
+    (data/)                              (data/)         (training/)        (experiments/)
+                                                              └──theory──▶ predicted vs measured (theory/)
+    shards ──scan──▶ noise spans, Prop. 1 price, filtered shards (scan/)
+    labelled data ──extract──▶ feature cache ──probe (CE | CE+LGM)──▶ tables (probing/)
+
+`runtime` (device, dtype, threads, processes), `artifacts` (atomic outputs, provenance), `plotting` and
+`errors` are shared by every stage; `cli/` is the thin command line, `demo` is `make demo`.
 """
 
 __version__ = "0.1.0"

@@ -48,8 +48,8 @@ def _optional(module_name: str, function: str) -> Callable[..., Any] | None:
 
 def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bool = True) -> Path:
     """Run every demo step into ``out_dir``; return the report folder."""
-    from noisylm.report import report
-    from noisylm.sweep import sweep
+    from noisylm.experiments.reporting import report
+    from noisylm.experiments.sweep import sweep
 
     out = Path(out_dir)
     sweep_dir = out / "sweep"
@@ -69,16 +69,16 @@ def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bo
         print(f"   {line}")
 
     if extras:
-        theory = _optional("noisylm.theory_report", "theory")
+        theory = _optional("noisylm.theory.measure", "theory")
         start = _step("Why: Proposition 1 against the measured runs (`noisylm theory`)")
         failures += _run_optional("theory", theory, lambda: theory(sweep_dir), start)
 
-        scan = _optional("noisylm.scan", "scan")
+        scan = _optional("noisylm.scan.pipeline", "scan")
         noisy = sweep_dir / "data" / "uniform-a0.2"
         start = _step(f"Your data: `noisylm scan` on the 20% noisy demo corpus ({noisy})")
         failures += _run_optional("scan", scan, lambda: scan(noisy, out=out / "scan", overwrite=True), start)
 
-        demo_probe = _optional("noisylm.probe", "demo_probe")
+        demo_probe = _optional("noisylm.probing.protocol", "demo_probe")
         start = _step("How: probe heads on frozen MiniLM features, CE vs CE + LGM")
         failures += _run_optional("probe", demo_probe, lambda: demo_probe(out / "probe"), start)
 

@@ -128,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from noisylm.prepare import prepare
+    from noisylm.data.preparation import prepare
 
     shards = prepare(
         args.inputs,
@@ -151,14 +151,14 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from noisylm.prepare import merge
+    from noisylm.data.preparation import merge
 
     print(_summary(merge(args.inputs, args.out, overwrite=args.overwrite)))
     return 0
 
 
 def _inject(args: argparse.Namespace) -> int:
-    from noisylm.inject import inject
+    from noisylm.data.injection import inject
 
     params = _parse_params(args.param)
     if args.histogram:
@@ -188,7 +188,7 @@ def _inject(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from noisylm.stats import stats
+    from noisylm.data.statistics import stats
 
     result = stats(args.dir, args.out)
     print(result["table"])
@@ -197,7 +197,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from noisylm.shards import verify
+    from noisylm.data.shards import verify
 
     problems = verify(args.dir)
     for problem in problems:

@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from noisylm.sweep import sweep
+    from noisylm.experiments.sweep import sweep
 
     summary = sweep(
         args.config,
@@ -94,7 +94,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from noisylm.report import report
+    from noisylm.experiments.reporting import report
 
     out = report(args.sweep_dir)
     print(f"report written to {out}; open {out / 'index.html'}")

@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    from noisylm.features import extract, load_features
+    from noisylm.probing.features import extract, load_features
 
     start = time.perf_counter()
     out = extract(

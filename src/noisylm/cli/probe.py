@@ -138,7 +138,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from noisylm.probe import PAPER_SENSITIVITY, ProbeConfig, partial_dir, probe
+    from noisylm.probing.protocol import PAPER_SENSITIVITY, ProbeConfig, partial_dir, probe
 
     pairs = [p for p in args.sensitivity if p is not None]
     if None in args.sensitivity:

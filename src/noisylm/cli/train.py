@@ -186,7 +186,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from noisylm.sample import sample
+    from noisylm.training.sampling import sample
 
     texts = sample(
         args.checkpoint,
@@ -206,7 +206,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from noisylm.export import export_hf
+    from noisylm.training.export import export_hf
 
     out = export_hf(args.checkpoint, args.hf, overwrite=args.overwrite)
     print(f"wrote Hugging Face GPT2LMHeadModel folder {out}")

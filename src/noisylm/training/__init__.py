@@ -1,27 +1,27 @@
-"""Pre-training: `TrainConfig` and `train(config, run_dir)`; `evaluate_checkpoint` for on-demand losses.
+"""Stage 2, pre-training: `TrainConfig` and `train(config, run_dir)`; evaluation, sampling and export
+of what it wrote.
 
 Small components, each in its own module: `config` (the dataclass, TOML/YAML/JSON + overrides), `data`
 (seeded, resumable training and eval windows), `checkpoint` (atomic, code-free checkpoints), `metrics`
-(metrics.jsonl, TensorBoard, wandb), `trainer` (the loop, DDP) and `evaluate`.
-
-Names are imported lazily, so that `noisylm --help` does not import torch.
+(metrics.jsonl, TensorBoard, wandb), `trainer` (the loop, DDP), `evaluate` (losses of a checkpoint),
+`sampling` (`sample`: text from a checkpoint) and `export` (a Hugging Face GPT-2 folder).
 """
 
-from __future__ import annotations
+# Eager on purpose: a lazy __getattr__ would be shadowed by the submodule of the same name
+# (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
 
-import importlib
+from noisylm.training.config import TrainConfig, load_config, parse_overrides
+from noisylm.training.evaluate import evaluate_checkpoint
+from noisylm.training.export import export_hf
+from noisylm.training.sampling import sample
+from noisylm.training.trainer import train
 
-_EXPORTS = {
-    "TrainConfig": "noisylm.training.config",
-    "load_config": "noisylm.training.config",
-    "parse_overrides": "noisylm.training.config",
-    "train": "noisylm.training.trainer",
-    "evaluate_checkpoint": "noisylm.training.evaluate",
-}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'noisylm.training' has no attribute {name!r}")
+__all__ = [
+    "TrainConfig",
+    "load_config",
+    "parse_overrides",
+    "train",
+    "evaluate_checkpoint",
+    "sample",
+    "export_hf",
+]

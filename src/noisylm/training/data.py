@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from noisylm.data.shards import ShardSet
 from noisylm.errors import NoisyLMError
-from noisylm.shards import ShardSet
 
 BLOCK = 4096  # random draws per generator block
 _CLEAN, _DECIDE, _NOISE, _UNIFORM, _EVAL = 0, 1, 2, 3, 4  # independent random streams

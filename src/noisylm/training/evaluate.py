@@ -12,9 +12,9 @@ import torch
 import torch.distributed as dist
 
 from noisylm.artifacts import atomic_path, provenance
+from noisylm.data.shards import ShardSet
 from noisylm.errors import NoisyLMError, UsageError
 from noisylm.model import GPT
-from noisylm.shards import ShardSet
 from noisylm.training.data import EvalSet
 
 
@@ -83,8 +83,8 @@ def evaluate_checkpoint(
 
     Returns ``{"checkpoint", "iter", "split", "eval": {name: {"loss", "tokens"}}}``.
     """
+    from noisylm.runtime import autocast_context, resolve_device, resolve_dtype
     from noisylm.training.checkpoint import load_model
-    from noisylm.training.trainer import autocast_context, resolve_device, resolve_dtype
 
     if not eval_sets:
         raise UsageError("no eval sets given; pass --on NAME=DIR (a shard set directory)")

@@ -433,7 +433,7 @@ def _prepare_data(config: SweepConfig, out: Path, grid: list[RunSpec]) -> dict[s
             f"sweep {config.name!r} has no clean corpus; set data = a bundled corpus name or a shard set "
             "made with `noisylm prepare` (e.g. --set data=/data/openwebtext)"
         )
-    from noisylm.shards import ShardSet
+    from noisylm.data.shards import ShardSet
 
     clean = _corpus(config.data, out / "data" / "clean", config.tokenizer)
     clean_set = ShardSet.open(clean)
@@ -466,7 +466,7 @@ def _corpus(source: str, target: Path, tokenizer: str) -> Path:
     path = Path(source).expanduser()
     if (path / "manifest.json").is_file():
         return path
-    from noisylm.corpora import bundled_corpora
+    from noisylm.data.corpora import bundled_corpora
 
     if source not in bundled_corpora():
         raise UsageError(
@@ -474,7 +474,7 @@ def _corpus(source: str, target: Path, tokenizer: str) -> Path:
             f"({', '.join(bundled_corpora())}); prepare it first with `noisylm prepare`"
         )
     if not (target / "manifest.json").is_file():
-        from noisylm.prepare import prepare
+        from noisylm.data.preparation import prepare
 
         print(f"preparing bundled corpus {source} ({tokenizer}) -> {target}", file=sys.stderr)
         prepare(None, target, corpus=source, tokenizer=tokenizer, overwrite=True)
@@ -482,7 +482,7 @@ def _corpus(source: str, target: Path, tokenizer: str) -> Path:
 
 
 def _inject(clean: Path, target: Path, run: RunSpec, config: SweepConfig) -> None:
-    from noisylm.inject import inject
+    from noisylm.data.injection import inject
 
     inject(
         clean,

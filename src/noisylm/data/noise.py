@@ -268,8 +268,8 @@ class MojibakeSampler(NoiseSampler):
     ):
         import codecs
 
-        from noisylm.corpora import BUNDLED, bundled_corpus, iter_documents
-        from noisylm.tokenizers import get_tokenizer
+        from noisylm.data.corpora import BUNDLED, bundled_corpus, iter_documents
+        from noisylm.data.tokenizers import get_tokenizer
 
         super().__init__(vocab_size, rng)
         if tokenizer is None:
@@ -343,7 +343,7 @@ class CorpusSampler(NoiseSampler):
         self, vocab_size: int, rng: np.random.Generator, tokenizer: str | None = None, source: Any = None
     ):
         from noisylm.artifacts import sha256_file
-        from noisylm.shards import MANIFEST, ShardSet
+        from noisylm.data.shards import MANIFEST, ShardSet
 
         super().__init__(vocab_size, rng)
         if source is None:

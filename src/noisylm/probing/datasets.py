@@ -2,7 +2,7 @@
 
 Every loader returns a `LabelledDataset`: named splits (`train`, `val`, `test`) of inputs and integer
 labels ``0..C-1`` with their class names. Inputs are text records (dicts of named text fields, filled
-into a prompt template by `noisylm.features`), images (uint8 arrays, or file paths for image folders)
+into a prompt template by `noisylm.probing.features`), images (uint8 arrays, or file paths for image folders)
 or plain feature vectors.
 
 Bundled (offline, real):

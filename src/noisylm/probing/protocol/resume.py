@@ -27,8 +27,8 @@ from noisylm.artifacts import (
     read_jsonl,
 )
 from noisylm.errors import NoisyLMError
-from noisylm.probe.config import ProbeConfig
-from noisylm.probe.data import ProbeData, cache_fingerprint
+from noisylm.probing.protocol.config import ProbeConfig
+from noisylm.probing.protocol.data import ProbeData, cache_fingerprint
 
 PARTIAL_FORMAT = "noisylm-probe-partial/1"
 # What identifies a finished run in the progress file; resume reuses a run only on an exact match.

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from noisylm import theory as T
 from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, provenance, read_json
 from noisylm.errors import NoisyLMError, UsageError
 from noisylm.plotting import figure_row, save_png
+from noisylm.theory import formulas as T
 
 SECTION = "theory"
 SECTION_ORDER = 60
@@ -259,7 +259,7 @@ class _Evaluator:
 
 
 def _eval_sets(run: RunInfo) -> dict[str, np.ndarray]:
-    from noisylm.shards import ShardSet
+    from noisylm.data.shards import ShardSet
 
     shards = ShardSet.open(run.data)
     if not shards.has("noise") or shards.splits["noise"].tokens == 0:
@@ -570,7 +570,7 @@ def lemma1_for_run(
     run: RunInfo, clean_data: Path, config: TheoryConfig, notes: list[str]
 ) -> list[dict[str, Any]]:
     """Lemma 1 rows for the run's final model: its own placement, and the other one when affordable."""
-    from noisylm.shards import ShardSet
+    from noisylm.data.shards import ShardSet
 
     mixed = ShardSet.open(run.data)
     model = load_model(run.checkpoints[max(run.checkpoints)], config.device)
@@ -584,7 +584,7 @@ def lemma1_for_run(
             f"--lemma1-max-tokens {config.lemma1_max_tokens:,})"
         )
         return rows
-    from noisylm.inject import inject
+    from noisylm.data.injection import inject
 
     # same clean text, noise kind, parameters and seed; only the placement differs
     with tempfile.TemporaryDirectory(prefix="noisylm-theory-") as tmp:
@@ -794,7 +794,7 @@ def theory(sweep_dir: str | os.PathLike, config: TheoryConfig | None = None, **o
         config = dataclasses.replace(config, **options)
     root = Path(sweep_dir)
     meta, clean, noisy = load_sweep(root)
-    from noisylm.training.trainer import torch_threads
+    from noisylm.runtime import torch_threads
 
     with torch_threads(config.threads):
         return _theory(root, config, clean, noisy)
@@ -875,7 +875,7 @@ def _theory(root: Path, config: TheoryConfig, clean: RunInfo, noisy: list[RunInf
                 "items": items,
             },
         )
-    from noisylm.report import write_index
+    from noisylm.experiments.reporting import write_index
 
     write_index(report_dir)
     return report_dir / SECTION

@@ -37,9 +37,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from noisylm.artifacts import atomic_dir, provenance, sha256_file
+from noisylm.data.noise import NOISE_KINDS, make_sampler
+from noisylm.data.shards import MANIFEST, ShardSet, write_manifest
 from noisylm.errors import UsageError
-from noisylm.noise import NOISE_KINDS, make_sampler
-from noisylm.shards import MANIFEST, ShardSet, write_manifest
 
 PLACEMENTS = ("append", "interleave")
 NOISE_CHUNK = 1 << 22  # noise is generated in chunks of this many tokens (part of the seeded recipe)
@@ -51,7 +51,7 @@ class InjectConfig:
     """What noise `inject` adds.
 
     alpha:      noise tokens / all training tokens after injection, in [0, 1)
-    kind:       uniform | boosted | gaussian | mojibake | histogram | corpus (see `noisylm.noise`)
+    kind:       uniform | boosted | gaussian | mojibake | histogram | corpus (see `noisylm.data.noise`)
     seed:       seeds the noise and its placement
     placement:  append (after the clean data, as in the paper) | interleave (as documents)
     params:     parameters of the noise kind (e.g. {"std": 500}, {"histogram": "h.npy"}, {"source": DIR})

@@ -13,10 +13,10 @@ import torch
 
 from noisylm.artifacts import sha256_file
 from noisylm.errors import NoisyLMError
-from noisylm.heads import make_head
-from noisylm.lgm import LGMLoss
-from noisylm.probe.config import Recipe
-from noisylm.probe.data import ProbeData
+from noisylm.probing.heads import make_head
+from noisylm.probing.lgm import LGMLoss
+from noisylm.probing.protocol.config import Recipe
+from noisylm.probing.protocol.data import ProbeData
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ The gradient of L_gm flows through both gradient terms. Ways to compute it:
   with Z = T Wᵀ + b and Ẑ = Z + γ Δ Wᵀ. Differentiable in W, b (and t) by ordinary autograd; when the
   features need no gradient a fused `autograd.Function` with a hand-derived backward does the same
   in a few matrix products (`benchmarks/bench_lgm.py`).
-- fused, for the paper's MLP head (`noisylm.heads.MLPHead`): the same algebra one layer deeper
+- fused, for the paper's MLP head (`noisylm.probing.heads.MLPHead`): the same algebra one layer deeper
   (`_FusedMLPLGM`), in place of double backward.
 
 Variants (Table 5 and baselines): ``lgm``; ``norm`` = ‖mean ∇θ ℓ(g(t), y)‖₂ only; ``cosine`` =
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.heads import MLPHead
+from noisylm.probing.heads import MLPHead
 
 VARIANTS = ("lgm", "norm", "cosine", "l2-output", "none")
 METHODS = ("auto", "fused", "closed-form", "autograd")

@@ -1,6 +1,6 @@
 """Classification heads trained on frozen features (App. E.1.3).
 
-`LinearHead` is a plain `nn.Linear` (so the closed-form LGM path in `noisylm.lgm` recognises it);
+`LinearHead` is a plain `nn.Linear` (so the closed-form LGM path in `noisylm.probing.lgm` recognises it);
 `MLPHead` is the paper's two-layer MLP with hidden size equal to the feature dimension and ReLU.
 Both expose `in_features` / `num_classes` so callers can check a feature cache against a head.
 """

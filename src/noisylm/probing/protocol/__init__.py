@@ -32,7 +32,7 @@ state) and `workers` (runs trained here or in a process pool) → `protocol` (`p
 `tables` (Tables 1-3, 5, 6) and `figures` (Figure 6); `demo` is `make demo`'s probe step.
 """
 
-from noisylm.probe.config import (
+from noisylm.probing.protocol.config import (
     HEAD_LABELS,
     LOSS_LABELS,
     LOSSES,
@@ -41,12 +41,12 @@ from noisylm.probe.config import (
     ProbeConfig,
     Recipe,
 )
-from noisylm.probe.data import ProbeData, check_probe_data, load_probe_data
-from noisylm.probe.demo import demo_probe
-from noisylm.probe.figures import figure6
-from noisylm.probe.protocol import probe
-from noisylm.probe.resume import PARTIAL_FORMAT, SPEC_FIELDS, partial_dir
-from noisylm.probe.training import (
+from noisylm.probing.protocol.data import ProbeData, check_probe_data, load_probe_data
+from noisylm.probing.protocol.demo import demo_probe
+from noisylm.probing.protocol.figures import figure6
+from noisylm.probing.protocol.phases import probe
+from noisylm.probing.protocol.resume import PARTIAL_FORMAT, SPEC_FIELDS, partial_dir
+from noisylm.probing.protocol.training import (
     RunSpec,
     accuracy,
     initial_head,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from noisylm.probe.config import ProbeConfig
-from noisylm.probe.protocol import probe
+from noisylm.probing.protocol.config import ProbeConfig
+from noisylm.probing.protocol.phases import probe
 
 
 def demo_probe(out_dir: str | Path) -> Path:
@@ -14,7 +14,7 @@ def demo_probe(out_dir: str | Path) -> Path:
     Re-uses the feature cache in ``out_dir/features`` when present; the probe output in
     ``out_dir/probe`` is replaced. Returns the probe directory.
     """
-    from noisylm.features import extract
+    from noisylm.probing.features import extract
 
     out_dir = Path(out_dir)
     cache = out_dir / "features-minilm-wordnet"

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 
 from noisylm.errors import UsageError
-from noisylm.heads import HEAD_KINDS
-from noisylm.lgm import VARIANTS
+from noisylm.probing.heads import HEAD_KINDS
+from noisylm.probing.lgm import VARIANTS
 
 # Loss names of the probe: `ce` is plain cross-entropy, the rest are LGM variants added to it.
 LOSSES = ("ce",) + tuple(v for v in VARIANTS if v != "none")

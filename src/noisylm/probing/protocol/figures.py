@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from noisylm.plotting import save_png
-from noisylm.probe.config import ProbeConfig
-from noisylm.probe.data import ProbeData
-from noisylm.probe.training import RunSpec, accuracy, run_ids, train_head
+from noisylm.probing.protocol.config import ProbeConfig
+from noisylm.probing.protocol.data import ProbeData
+from noisylm.probing.protocol.training import RunSpec, accuracy, run_ids, train_head
 
 
 def figure6(

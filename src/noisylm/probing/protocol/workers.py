@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from noisylm.errors import NoisyLMError
-from noisylm.probe.config import ProbeConfig
-from noisylm.probe.data import ProbeData, cache_fingerprint, load_probe_data
-from noisylm.probe.training import Task, train_record
+from noisylm.probing.protocol.config import ProbeConfig
+from noisylm.probing.protocol.data import ProbeData, cache_fingerprint, load_probe_data
+from noisylm.probing.protocol.training import Task, train_record
 
 _Done = Iterator[tuple[int, dict[str, Any]]]
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, provenance
+from noisylm.data.shards import ShardSet
 from noisylm.errors import NoisyLMError
 from noisylm.plotting import save_png
-from noisylm.shards import ShardSet
 
 TOP_K = 8
 
@@ -54,7 +54,7 @@ def stats(dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[
 
     Returns {"splits": {...}, "noise": {...} | None, "table": markdown, "figure": png path, "json": path}.
     """
-    from noisylm.tokenizers import get_tokenizer
+    from noisylm.data.tokenizers import get_tokenizer
 
     shards = ShardSet.open(dir)
     out = Path(out) if out is not None else shards.path / "stats"

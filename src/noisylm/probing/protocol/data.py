@@ -1,4 +1,5 @@
-"""The probe's input: one feature cache (`noisylm.features` format) in memory, checked, fingerprinted."""
+"""The probe's input: one feature cache (`noisylm.probing.features` format) in memory, checked and
+fingerprinted."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ class ProbeData:
 
 
 def load_probe_data(cache_dir: str | Path) -> ProbeData:
-    """Read and check a feature cache (`noisylm.features` format) for probing."""
-    from noisylm.features import load_features
+    """Read and check a feature cache (`noisylm.probing.features` format) for probing."""
+    from noisylm.probing.features import load_features
 
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     meta: dict[str, Any] = {}

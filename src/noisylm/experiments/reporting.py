@@ -35,8 +35,8 @@ import numpy as np
 
 from noisylm.artifacts import atomic_write_json, atomic_write_text, provenance, read_json
 from noisylm.errors import NoisyLMError
+from noisylm.experiments.sweep import read_metrics
 from noisylm.plotting import figure_row, save_png
-from noisylm.sweep import read_metrics
 
 KIND_STYLE = {None: "-", "uniform": "-", "boosted": "--", "gaussian": ":", "mojibake": "-.", "corpus": "-."}
 DPI = 110
@@ -67,7 +67,7 @@ class Run:
 
 def load_runs(sweep_dir: str | os.PathLike) -> tuple[dict[str, Any], list[Run]]:
     """``sweep.json`` and the eval curves of every run that has logged at least one eval."""
-    from noisylm.sweep import run_status
+    from noisylm.experiments.sweep import run_status
 
     root = Path(sweep_dir)
     meta = read_json(root / "sweep.json", "sweep config")
@@ -490,7 +490,7 @@ def _fig8_section(folder: Path, root: Path, meta: dict[str, Any]) -> None:
 
 def token_priors(root: Path, meta: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
     """Token counts of the clean training split and of the noise of each kind (its largest-α run)."""
-    from noisylm.shards import ShardSet
+    from noisylm.data.shards import ShardSet
 
     panels: list[tuple[str, np.ndarray]] = []
     seen: set[str] = set()

@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from noisylm.artifacts import atomic_dir, atomic_write_json, provenance, sha256_file
-from noisylm.corpora import bundled_corpus, iter_pieces, resolve_inputs
+from noisylm.data.corpora import bundled_corpus, iter_pieces, resolve_inputs
+from noisylm.data.shards import MANIFEST, SHARD_FORMAT, ShardSet
+from noisylm.data.tokenizers import TOKENIZERS, get_tokenizer, token_dtype
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.shards import MANIFEST, SHARD_FORMAT, ShardSet
-from noisylm.tokenizers import TOKENIZERS, get_tokenizer, token_dtype
 
 BATCH_CHARS = 1 << 20
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from noisylm.artifacts import atomic_write_text
-from noisylm.probe.config import HEAD_LABELS, LOSS_LABELS, ProbeConfig
+from noisylm.probing.protocol.config import HEAD_LABELS, LOSS_LABELS, ProbeConfig
 
 
 def _key(row: dict[str, Any]) -> tuple[str, str, str, str]:

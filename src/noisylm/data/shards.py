@@ -165,7 +165,7 @@ def verify(path: str | os.PathLike, chunk_tokens: int = 1 << 24) -> list[str]:
     the spans are sorted, disjoint and inside train.bin, that noise.bin equals the spans' tokens in
     order, and that the token counts and achieved α agree. Reads in chunks (bounded memory).
     """
-    from noisylm.tokenizers import TOKENIZERS, token_dtype
+    from noisylm.data.tokenizers import TOKENIZERS, token_dtype
 
     path = Path(path)
     try:

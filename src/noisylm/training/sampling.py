@@ -25,9 +25,9 @@ def sample(
     is greedy decoding; ``top_k`` keeps only the k most likely tokens (None = all). The tokenizer is
     the one the checkpoint's training data used. Same seed, same text.
     """
-    from noisylm.tokenizers import get_tokenizer
+    from noisylm.data.tokenizers import get_tokenizer
+    from noisylm.runtime import resolve_device
     from noisylm.training.checkpoint import load_model
-    from noisylm.training.trainer import resolve_device
 
     if num_samples < 1 or max_new_tokens < 0:
         raise UsageError("num_samples must be >= 1 and max_new_tokens >= 0")

@@ -25,8 +25,8 @@ The question users bring is "do I need to filter my data?". `scan` answers it fo
 
 `scan` writes ``scan.json``, ``scan.md`` and ``scan.png`` (histogram of window scores with the
 threshold), compares with the true spans when the shard set was made by ``noisylm inject``, predicts
-through Prop. 1 (`noisylm.theory`) what keeping the noise would cost, and with ``filter_out`` writes a
-filtered shard set whose manifest records every removed span and the detector settings.
+through Prop. 1 (`noisylm.theory.formulas`) what keeping the noise would cost, and with ``filter_out``
+writes a filtered shard set whose manifest records every removed span and the detector settings.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ from noisylm.artifacts import (
     provenance,
     sha256_file,
 )
+from noisylm.data.shards import MANIFEST, ShardSet
 from noisylm.errors import NoisyLMError, UsageError
 from noisylm.plotting import save_png
-from noisylm.shards import MANIFEST, ShardSet
 
 DETECTORS = ("mixture", "unigram", "model")
 
@@ -769,13 +769,13 @@ K_GRID = (10.0, 100.0, 1000.0, 10000.0)
 def predict_cost(
     alpha_hat: float, clean_loss: float, noise_loss: float, k: float, basis: str
 ) -> dict[str, Any]:
-    """Prop. 1 (via `noisylm.theory`) at α̂: the clean-loss increase if the noise is kept.
+    """Prop. 1 (via `noisylm.theory.formulas`) at α̂: the clean-loss increase if the noise is kept.
 
     p_c = exp(−clean_loss), p_n = exp(−noise_loss) (losses of the model, or of the clean unigram model
     when no model is given: ``basis`` says which); k is not measurable from one corpus, so the
     prediction is given for ``k`` and for a grid of k.
     """
-    from noisylm import theory
+    from noisylm.theory import formulas as theory
 
     out: dict[str, Any] = {
         "alpha_hat": alpha_hat,
@@ -1160,7 +1160,7 @@ def _markdown(report: dict[str, Any]) -> str:
             f"{truth['f1']:.4f} |",
             "",
         ]
-    lines += ["## Cost of keeping the noise (Prop. 1 through `noisylm.theory`)", ""]
+    lines += ["## Cost of keeping the noise (Prop. 1 through `noisylm.theory.formulas`)", ""]
     if pred.get("grid"):
         lines += [
             f"Losses ({pred['basis']}): clean {pred['clean_loss']:.4g} nats, "
@@ -1275,7 +1275,7 @@ def validate(
     (kind, placement, α): precision, recall, F1 of flagged tokens, α̂ vs α, recall on true spans of at
     least 64 tokens. The first row is the clean corpus itself (its α̂ is the false-positive rate).
     Corpora are written under ``work_dir`` and deleted after scanning unless ``keep``."""
-    from noisylm.inject import inject
+    from noisylm.data.injection import inject
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)

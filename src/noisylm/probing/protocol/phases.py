@@ -15,14 +15,14 @@ from typing import Any
 
 from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir, provenance
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.probe.config import ProbeConfig
-from noisylm.probe.data import ProbeData, load_probe_data
-from noisylm.probe.figures import figure6
-from noisylm.probe.resume import claim_partial, partial_dir, probe_state, spec_key
-from noisylm.probe.tables import write_tables
-from noisylm.probe.training import RunSpec, Task, load_init_head, run_ids
-from noisylm.probe.workers import InProcess, WorkerPool
-from noisylm.training.trainer import resolve_device, torch_threads
+from noisylm.probing.protocol.config import ProbeConfig
+from noisylm.probing.protocol.data import ProbeData, load_probe_data
+from noisylm.probing.protocol.figures import figure6
+from noisylm.probing.protocol.resume import claim_partial, partial_dir, probe_state, spec_key
+from noisylm.probing.protocol.tables import write_tables
+from noisylm.probing.protocol.training import RunSpec, Task, load_init_head, run_ids
+from noisylm.probing.protocol.workers import InProcess, WorkerPool
+from noisylm.runtime import resolve_device, torch_threads
 
 
 def probe(

@@ -46,8 +46,8 @@ from noisylm.artifacts import (
     read_json,
     sha256_file,
 )
-from noisylm.datasets import LabelledDataset, load_dataset, read_images
 from noisylm.errors import NoisyLMError, UsageError
+from noisylm.probing.datasets import LabelledDataset, load_dataset, read_images
 
 CACHE_FORMAT = "noisylm-features/1"
 SPLITS = ("train", "val", "test")
@@ -332,7 +332,7 @@ class NoisyLMCheckpoint(Backbone):
     def __init__(
         self, path: Path, spec: str, device: torch.device, pooling: str, max_length: int, dtype: torch.dtype
     ):
-        from noisylm.tokenizers import get_tokenizer
+        from noisylm.data.tokenizers import get_tokenizer
         from noisylm.training.checkpoint import load_model
 
         self.model, state, ckpt = load_model(path, device=device)
@@ -544,7 +544,7 @@ def load_backbone(
         )
     if pooling is not None and pooling not in ("last", "mean"):
         raise UsageError(f"unknown pooling {pooling!r}; use last or mean")
-    from noisylm.training.trainer import resolve_device
+    from noisylm.runtime import resolve_device
 
     dev = resolve_device(device)
     if family == "pixels":
@@ -572,7 +572,8 @@ def load_backbone(
 class ExtractConfig:
     """What `extract` does. Paths and names as for `noisylm extract`.
 
-    backbone: backbone name or spec (module docstring); dataset: bundled name or path (noisylm.datasets).
+    backbone: backbone name or spec (module docstring);
+    dataset: bundled name or path (noisylm.probing.datasets).
     template: Table 11 name, `wordnet`, or a string with {field}s; None = the dataset's default.
     pooling: "last" | "mean" for hf:/noisylm: backbones; None = the backbone's default.
     batch_size: examples per forward pass. max_length: prompt tokens kept (the end is kept).

@@ -1,0 +1,41 @@
+"""Stage 1, text to token shards: where every token comes from.
+
+`corpora` (bundled texts, input files) → `tokenizers` (GPT-2 BPE, bytes) → `preparation`
+(`prepare`: streaming, multiprocess tokenization into shards) → `shards` (`ShardSet`: the manifest,
+reading, verification) → `noise` (the samplers: uniform, boosted, gaussian, histogram, mojibake, corpus)
+→ `injection` (`inject`: noise into a shard set at proportion α) and `statistics` (`stats`: token
+counts, entropy).
+"""
+
+# Eager on purpose: a lazy __getattr__ would be shadowed by the submodule of the same name
+# (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
+
+from noisylm.data.corpora import BUNDLED, bundled_corpora, bundled_corpus, iter_documents
+from noisylm.data.injection import InjectConfig, inject
+from noisylm.data.noise import NOISE_KINDS, generate_noise, make_sampler
+from noisylm.data.preparation import PrepareConfig, merge, prepare
+from noisylm.data.shards import MANIFEST, ShardSet, verify
+from noisylm.data.statistics import stats, token_counts
+from noisylm.data.tokenizers import TOKENIZERS, get_tokenizer
+
+__all__ = [
+    "bundled_corpus",
+    "bundled_corpora",
+    "iter_documents",
+    "BUNDLED",
+    "get_tokenizer",
+    "TOKENIZERS",
+    "PrepareConfig",
+    "prepare",
+    "merge",
+    "ShardSet",
+    "verify",
+    "MANIFEST",
+    "generate_noise",
+    "make_sampler",
+    "NOISE_KINDS",
+    "InjectConfig",
+    "inject",
+    "stats",
+    "token_counts",
+]

@@ -1,0 +1,33 @@
+"""How: heads on frozen features of a backbone, trained with CE or CE + the LGM loss.
+
+`datasets` (labelled data: bundled, files, folders, Hugging Face) → `features` (templates, backbones,
+extraction into a feature cache) → `heads` (linear, MLP) and `lgm` (the Local Gradient Matching loss) →
+`protocol` (`probe`: the paper's probing protocol and its tables).
+"""
+
+# Eager on purpose: a lazy __getattr__ would be shadowed by the submodule of the same name
+# (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
+
+from noisylm.probing.datasets import BUILTIN_DATASETS, LabelledDataset, load_dataset
+from noisylm.probing.features import ExtractConfig, extract, load_backbone, load_features, parse_backbone
+from noisylm.probing.heads import LinearHead, MLPHead, make_head
+from noisylm.probing.lgm import LGMLoss, lgm_penalty
+from noisylm.probing.protocol import ProbeConfig, probe
+
+__all__ = [
+    "LabelledDataset",
+    "load_dataset",
+    "BUILTIN_DATASETS",
+    "ExtractConfig",
+    "extract",
+    "load_features",
+    "load_backbone",
+    "parse_backbone",
+    "LinearHead",
+    "MLPHead",
+    "make_head",
+    "LGMLoss",
+    "lgm_penalty",
+    "ProbeConfig",
+    "probe",
+]
