@@ -361,3 +361,88 @@ def test_ddp_two_processes_match_one_process(tmp_path, shakespeare_bytes):
             assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5)
         else:
             assert y["eval"] == pytest.approx(x["eval"], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Golden losses: the numbers of a fixed tiny run, recorded from the loop before it was reworked for GPUs
+
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden_tiny_run.json"
+GOLDEN_RUN = {
+    **TINY_RUN,
+    "max_iters": 20,
+    "grad_accum": 2,
+    "dropout": 0.1,  # the RNG stream matters
+    "eval_interval": 10,
+    "checkpoint_interval": 10,
+}
+
+
+def _golden_record(run_dir: Path) -> dict:
+    lines = read_lines(run_dir)
+    return {
+        "train": [
+            [m["iter"], m["tokens"], m["clean_tokens"], m["train_loss"]] for m in lines if "train_loss" in m
+        ],
+        "eval": [[m["iter"], m["eval"]] for m in lines if "eval" in m],
+    }
+
+
+def _platform() -> dict:
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def test_golden_losses_are_reproduced_bit_for_bit(tmp_path, noisy_bytes):
+    """A tiny fp32 CPU run (paired sampling with noise, accumulation, clipping, dropout, a mid-run
+    checkpoint and evaluation) logs exactly the losses recorded in tests/fixtures/golden_tiny_run.json.
+    Exact float equality on the platform that recorded them (same torch build and CPU kernels); other
+    platforms' kernels round differently, so there the check is to 1e-5."""
+    golden = json.loads(GOLDEN.read_text())
+    train(TrainConfig(data=str(noisy_bytes), **GOLDEN_RUN), tmp_path / "run")
+    got = _golden_record(tmp_path / "run")
+    assert [row[:3] for row in got["train"]] == [row[:3] for row in golden["train"]]  # iter, tokens, clean
+    assert [row[0] for row in got["eval"]] == [row[0] for row in golden["eval"]]
+    if _platform() == golden["platform"]:
+        assert got["train"] == golden["train"]
+        assert got["eval"] == golden["eval"]
+    else:
+        assert [r[3] for r in got["train"]] == pytest.approx([r[3] for r in golden["train"]], rel=1e-5)
+        for (_, a), (_, b) in zip(got["eval"], golden["eval"], strict=True):
+            assert a == pytest.approx(b, rel=1e-5)
+
+
+def record_golden(out: Path = GOLDEN) -> None:
+    """Write the fixture from the current code (run only when the numbers are meant to change):
+    python tests/test_trainer.py --record-golden"""
+    import tempfile
+
+    from noisylm.data.injection import inject
+    from noisylm.data.preparation import prepare
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)  # the conftest fixtures, built the same way
+        from conftest import _plays
+
+        prepare(_plays(), tmp / "clean", tokenizer="bytes", val_fraction=0.25, seed=0, progress=False)
+        inject(
+            tmp / "clean",
+            tmp / "noisy",
+            alpha=0.2,
+            kind="uniform",
+            seed=0,
+            placement="append",
+            progress=False,
+        )
+        train(TrainConfig(data=str(tmp / "noisy"), **GOLDEN_RUN), tmp / "run")
+        record = {"config": GOLDEN_RUN, "platform": _platform(), **_golden_record(tmp / "run")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = {k: "[\n  " + ",\n  ".join(json.dumps(r) for r in record[k]) + "\n ]" for k in ("train", "eval")}
+    head = ",\n ".join(f"{json.dumps(k)}: {json.dumps(record[k])}" for k in ("config", "platform"))
+    out.write_text("{\n " + head + ",\n " + ",\n ".join(f'"{k}": {v}' for k, v in rows.items()) + "\n}\n")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--record-golden"]:
+        raise SystemExit("usage: python tests/test_trainer.py --record-golden")
+    record_golden()
