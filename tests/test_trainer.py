@@ -72,7 +72,17 @@ def test_run_directory_follows_the_contract(tmp_path, noisy_bytes, python_docs_b
     eval_lines = [m for m in lines if "eval" in m]
     assert [m["iter"] for m in train_lines] == list(range(1, 13))
     for m in train_lines:
-        assert set(m) == {"iter", "tokens", "clean_tokens", "lr", "train_loss", "tokens_per_s", "mfu"}
+        assert set(m) == {
+            "iter",
+            "tokens",
+            "clean_tokens",
+            "lr",
+            "train_loss",
+            "skipped_steps",
+            "tokens_per_s",
+            "mfu",
+        }
+        assert m["skipped_steps"] == 0 and m["mfu"] is None  # a CPU has no known peak
         assert m["tokens"] == m["iter"] * 4 * 32 and 0 <= m["clean_tokens"] <= m["tokens"]
     assert [m["iter"] for m in eval_lines] == [0, 6, 12]
     for m in eval_lines:
@@ -88,11 +98,11 @@ def test_run_directory_follows_the_contract(tmp_path, noisy_bytes, python_docs_b
 
 def test_paired_runs_share_initial_weights_and_eval_windows(tmp_path, shakespeare_bytes, noisy_bytes):
     a = train(config(shakespeare_bytes, max_iters=2), tmp_path / "clean")
-    b = train(config(noisy_bytes, max_iters=2), tmp_path / "noisy")
+    train(config(noisy_bytes, max_iters=2), tmp_path / "noisy")
     first = [read_lines(tmp_path / name)[0] for name in ("clean", "noisy")]
     assert first[0]["iter"] == first[1]["iter"] == 0
     assert first[0]["eval"]["val"] == first[1]["eval"]["val"]  # same weights, same val windows
-    assert a["clean_tokens"] == a["tokens"] and b["clean_tokens"] <= b["tokens"]
+    assert a["clean_tokens"] == a["tokens"]  # a clean set; the noisy count: test_clean_tokens_...
 
 
 def test_grad_accumulation_equals_the_larger_batch(tmp_path, shakespeare_bytes):
@@ -195,17 +205,139 @@ def test_resume_of_missing_directory_starts_fresh(tmp_path, shakespeare_bytes):
 # Failure and bad input
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, shakespeare_bytes):
+@pytest.mark.parametrize("sampler", ["paired", "uniform"])
+def test_clean_tokens_count_the_served_windows(tmp_path, noisy_bytes, monkeypatch, sampler):
+    """clean_tokens against an independent count: find every window the sampler served in train.bin
+    and count its clean tokens with the shard set's own noise mask."""
+    from noisylm.data.shards import ShardSet
+    from noisylm.training.data import TrainWindows
+
+    served = []
+    real_batch = TrainWindows.batch
+
+    def recording_batch(self, plan, device):
+        batch = real_batch(self, plan, device)
+        served.extend(batch.x.numpy().copy())  # the model's inputs: the tokens clean_tokens counts
+        return batch
+
+    monkeypatch.setattr(TrainWindows, "batch", recording_batch)
+    summary = train(config(noisy_bytes, sampler=sampler, max_iters=8, grad_accum=2), tmp_path / "run")
+    shards = ShardSet.open(noisy_bytes)
+    train_tokens = np.asarray(shards.tokens("train"), dtype="<u2")
+    haystack = train_tokens.tobytes()
+    clean = noise = 0
+    for window in served:
+        needle = window.astype("<u2").tobytes()
+        at = haystack.find(needle)
+        while at % 2:  # a match must start on a token boundary
+            at = haystack.find(needle, at + 1)
+        assert at >= 0, "a served window is not in train.bin"
+        start = at // 2
+        in_clean = int(shards.clean_mask(start, start + len(window)).sum())
+        clean, noise = clean + in_clean, noise + len(window) - in_clean
+    assert len(served) == 8 * 2 * 4  # every micro-batch of every iteration, read once
+    assert noise > 0 and clean > 0  # the count is not vacuous
+    assert summary["clean_tokens"] == clean and summary["tokens"] == clean + noise
+    assert read_lines(tmp_path / "run")[-2]["clean_tokens"] == clean  # the last train line
+
+
+class _PoisonedGPT:
+    """A real GPT whose training forward passes number ``poisoned`` (1-based) produce NaN hidden states:
+    a NaN loss and NaN gradients, as a diverging run has."""
+
+    def __new__(cls, config, poisoned):
+        from noisylm.model import GPT
+
+        class Poisoned(GPT):
+            calls = 0
+
+            def hidden_states(self, idx):
+                x = super().hidden_states(idx)
+                if self.training:
+                    Poisoned.calls += 1
+                    if Poisoned.calls in poisoned:
+                        x = x * float("nan")
+                return x
+
+        return Poisoned(config)
+
+
+def test_a_non_finite_step_is_skipped_and_never_reaches_the_state(tmp_path, shakespeare_bytes, monkeypatch):
+    import noisylm.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "GPT", lambda cfg: _PoisonedGPT(cfg, poisoned={3}))
     run = tmp_path / "run"
-    cfg = config(shakespeare_bytes, learning_rate=1e4, min_lr=0.0, warmup_iters=0, grad_clip=0.0)
-    cfg.checkpoint_interval = 1
-    with pytest.raises(NoisyLMError, match="training loss became (nan|inf)") as info:
-        train(cfg, run)
-    assert "\n" not in str(info.value)
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["checkpoint"]
-    weights = load_file(str(Path(summary["checkpoint"]) / "model.safetensors"))
+    cfg = config(
+        shakespeare_bytes, max_iters=6, checkpoint_interval=1, keep_checkpoints=10, eval_interval=100
+    )
+    summary = train(cfg, run)
+    lines = {m["iter"]: m for m in read_lines(run) if "train_loss" in m}
+    assert lines[3]["train_loss"] is None and lines[3]["skipped_steps"] == 1
+    assert all(
+        math.isfinite(lines[i]["train_loss"]) and not lines[i]["skipped_steps"] for i in (1, 2, 4, 5, 6)
+    )
+    assert summary["status"] == "finished" and summary["skipped_steps"] == 1
+    # The checkpoint due after the skipped step waits for the next good step.
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["ckpt-0000001", "ckpt-0000002", "ckpt-0000004", "ckpt-0000005", "ckpt-0000006"]
+    state = json.loads((run / "checkpoints" / "ckpt-0000004" / "trainer_state.json").read_text())
+    assert state["skipped_steps"] == 1 and state["last_step_taken"] == 4
+    # AdamW saw 3 steps by iteration 4, not 4: the skipped one did not touch its state (step count,
+    # moments) or the weights, which are all finite.
+    optimizer = torch.load(run / "checkpoints" / "ckpt-0000004" / "optimizer.pt", weights_only=True)
+    per_param = optimizer["optimizer"]["state"].values()
+    assert {float(s["step"]) for s in per_param} == {3.0}
+    assert all(torch.isfinite(s[k]).all() for s in per_param for k in ("exp_avg", "exp_avg_sq"))
+    weights = load_file(str(run / "checkpoints" / "ckpt-0000004" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_a_diverging_run_stops_and_names_a_checkpoint_that_resumes(tmp_path, shakespeare_bytes):
+    """A healthy start, then a learning rate of 1e4 (no clipping, no warm-up): every step after the
+    first at that rate is non-finite. The guard stops the run, names the checkpoint from before the
+    divergence, suggests only what applies to this float32 run, and the run resumes from there."""
+    run = tmp_path / "run"
+    healthy = {"max_iters": 4, "checkpoint_interval": 2, "warmup_iters": 0, "eval_interval": 100}
+    train(config(shakespeare_bytes, **healthy), run)
+    diverging = {**healthy, "max_iters": 40, "learning_rate": 1e4, "min_lr": 0.0, "grad_clip": 0.0}
+    with pytest.raises(NoisyLMError, match="10 consecutive steps had a non-finite loss") as info:
+        train(config(shakespeare_bytes, **diverging), run, resume=True)
+    message = str(info.value)
+    assert "\n" not in message and "ckpt-0000004 (iteration 4" in message and "--resume" in message
+    assert "lower learning_rate (now 10000)" in message and "turn on grad_clip" in message
+    assert "dtype" not in message and "float32" not in message  # it is a float32 run already
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["checkpoint"].endswith("ckpt-0000004")
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert kept == ["ckpt-0000002", "ckpt-0000004"]  # none written in the divergence
+    lines = {m["iter"]: m for m in read_lines(run) if "train_loss" in m}
+    assert all(lines[i]["skipped_steps"] == 1 for i in range(6, 15))
+
+    resumed = train(
+        config(shakespeare_bytes, **{**healthy, "max_iters": 8, "learning_rate": 1e-3}), run, resume=True
+    )
+    assert resumed["status"] == "finished" and resumed["resumed_from"].endswith("ckpt-0000004")
+    lines = {m["iter"]: m for m in read_lines(run) if "train_loss" in m}
+    assert sorted(lines) == list(range(1, 9))
+    assert all(math.isfinite(m["train_loss"]) and m["skipped_steps"] == 0 for m in lines.values())
+
+
+def test_known_bug_no_nan_checkpoint_and_an_honest_message(tmp_path, shakespeare_bytes, capsys):
+    """`noisylm train --model tiny --learning-rate 1e4 --grad-clip 0 --warmup-iters 0
+    --checkpoint-interval 2` used to save a checkpoint whose tensors were all NaN and offer it for
+    --resume (with a float32 hint to a float32 run). The first step at that rate already ruins the
+    weights, so no checkpoint is good: none is written, and the message says so."""
+    run = tmp_path / "run"
+    args = ["train", "--data", str(shakespeare_bytes), "--model", "tiny", "--learning-rate", "1e4"]
+    args += ["--grad-clip", "0", "--warmup-iters", "0", "--checkpoint-interval", "2", "--out", str(run)]
+    args += ["--batch-size", "4", "--eval-iters", "1", "--threads", "1", "--progress", "false"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss or gradient" in err and "no checkpoint was written" in err
+    assert "--overwrite" in err and "float32" not in err
+    assert not list(run.glob("checkpoints/*"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["checkpoint"] is None
 
 
 def test_existing_run_is_never_overwritten_without_flag(tmp_path, shakespeare_bytes):

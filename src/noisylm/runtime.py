@@ -31,15 +31,21 @@ class Distributed:
         return self.rank == 0
 
 
-def init_distributed(device: str) -> Distributed:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+def init_distributed(device: str, parallelism: str = "ddp") -> Distributed:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1). One process with
+    ``parallelism = "fsdp"`` gets a group of its own (world size 1), so that FSDP and its sharded
+    checkpoints run the same code on one GPU as on eight."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if world == 1 and parallelism != "fsdp":
         return Distributed()
     owns = False
     if not dist.is_initialized():
         use_nccl = torch.cuda.is_available() and not device.startswith("cpu")
-        dist.init_process_group(backend="nccl" if use_nccl else "gloo")
+        backend = "nccl" if use_nccl else "gloo"
+        if world == 1:  # no torchrun rendezvous to join: an in-memory store is enough for one process
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend=backend)
         owns = True
     return Distributed(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size(), owns)
 

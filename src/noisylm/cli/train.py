@@ -65,13 +65,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if f.name == "eval_sets":
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
+        flag = bool in (hints[f.name], *typing.get_args(hints[f.name]))  # --compile alone means true
         fields.add_argument(
             f"--{f.name.replace('_', '-')}",
             *([f"--{f.name}"] if "_" in f.name else []),
             dest=f"cfg_{f.name}",
             metavar=_metavar(hints[f.name]),
-            nargs="?" if hints[f.name] is bool else None,
-            const="true" if hints[f.name] is bool else None,
+            nargs="?" if flag else None,
+            const="true" if flag else None,
             default=argparse.SUPPRESS,
             help=f"(default: {default})",
         )

@@ -7,12 +7,19 @@ A checkpoint is a directory ``checkpoints/ckpt-<iter:07d>/``::
     rng.pt               torch CPU/CUDA generator states of every rank, plain tensors
     trainer_state.json   iteration, tokens, data position, lr schedule, model and train config
 
+A run with ``parallelism = "fsdp"`` writes a *sharded* checkpoint instead: ``dcp/`` (the weights and
+the AdamW state, each process writing its own shards with ``torch.distributed.checkpoint``; keys
+``model.<name>`` and ``optimizer.*``), ``scaler.pt`` (grad-scaler state), ``rng.pt`` and
+``trainer_state.json``. `load_model` reads both kinds on one process, so eval, sample, export, extract
+and theory take either.
+
 It is built under a temporary name and renamed into place, so a killed run never leaves a half-written
 checkpoint; only the newest ``keep`` checkpoints are kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -21,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -31,6 +39,7 @@ from noisylm.model import GPT, GPTConfig
 CHECKPOINT_FORMAT = "noisylm-checkpoint/1"
 _NAME = re.compile(r"^ckpt-(\d{7})$")
 TIED_KEY = "lm_head.weight"  # same tensor as transformer.wte.weight
+SHARDED_DIR = "dcp"  # torch.distributed.checkpoint folder of a sharded checkpoint
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -78,6 +87,58 @@ def save_checkpoint(
     for old in list_checkpoints(root)[:-keep]:
         _remove(old)
     return path
+
+
+def save_sharded_checkpoint(
+    root: str | os.PathLike,
+    iteration: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+    scaler_state: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """`save_checkpoint` for a sharded (FSDP) model; every process calls it. Each process writes its
+    shards of the weights and AdamW state into ``dcp/`` of the temporary directory that process 0
+    made (it must be on a file system they all see); process 0 writes the rest and renames it."""
+    from torch.distributed.checkpoint import save as dcp_save
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    root = Path(root)
+    path = root / checkpoint_name(iteration)
+    is_main = dist.get_rank() == 0
+    weights, optimizer_state = get_state_dict(model, optimizer)
+    weights.pop(TIED_KEY, None)  # stored once, as transformer.wte.weight
+    state = {"format": CHECKPOINT_FORMAT, "iter": iteration, "sharded": True, **trainer_state}
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_dir(path, overwrite=True)) if is_main else None
+        shared = [str(tmp) if tmp is not None else None]
+        dist.broadcast_object_list(shared, src=0)
+        tmp = Path(shared[0])
+        # Returns once every process's shards and the metadata are written, so the rename is safe.
+        dcp_save({"model": weights, "optimizer": optimizer_state}, checkpoint_id=tmp / SHARDED_DIR)
+        if is_main:
+            torch.save({"scaler": scaler_state or {}}, tmp / "scaler.pt")
+            torch.save({"ranks": rng_states}, tmp / "rng.pt")
+            atomic_write_json(tmp / "trainer_state.json", state)
+    if is_main:
+        for old in list_checkpoints(root)[:-keep]:
+            _remove(old)
+    dist.barrier()
+    return path
+
+
+def is_sharded(ckpt: Path) -> bool:
+    """Whether ``ckpt`` is a sharded (FSDP, torch.distributed.checkpoint) checkpoint."""
+    return (ckpt / SHARDED_DIR / ".metadata").is_file()
+
+
+def weight_files(ckpt: Path) -> list[Path]:
+    """The files that hold a checkpoint's weights (to hash it)."""
+    if is_sharded(ckpt):
+        return sorted(p for p in (ckpt / SHARDED_DIR).iterdir() if p.is_file())
+    return [ckpt / "model.safetensors"]
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -131,24 +192,81 @@ def load_model(
 
 
 def load_weights(model: GPT, ckpt: Path) -> None:
-    """Load ``model.safetensors`` into ``model`` (shapes must match exactly)."""
-    try:
-        weights = load_file(str(ckpt / "model.safetensors"))
-    except (OSError, SafetensorError, ValueError) as exc:
-        raise _corrupt(ckpt, exc) from None
+    """Load the weights of ``ckpt`` (``model.safetensors``, or the ``dcp/`` shards of a sharded
+    checkpoint, gathered on this process alone) into ``model``; shapes must match exactly."""
     expected = model_state(model)
+    if is_sharded(ckpt):
+        weights = _read_sharded_weights(ckpt, expected)
+    else:
+        try:
+            weights = load_file(str(ckpt / "model.safetensors"))
+        except (OSError, SafetensorError, ValueError) as exc:
+            raise _corrupt(ckpt, exc) from None
     if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in expected):
-        raise NoisyLMError(
-            f"checkpoint {ckpt} holds weights of a different model config; resume with the config it was "
-            "trained with, or start a new run"
-        )
+        raise _other_model(ckpt)
     model.load_state_dict(weights, strict=False)  # lm_head.weight is tied to transformer.wte.weight
 
 
+def _other_model(ckpt: Path) -> NoisyLMError:
+    return NoisyLMError(
+        f"checkpoint {ckpt} holds weights of a different model config; resume with the config it was "
+        "trained with, or start a new run"
+    )
+
+
+def _read_sharded_weights(ckpt: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The full weights of a sharded checkpoint, read on this process without a process group."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint import load as dcp_load
+
+    reader = FileSystemReader(str(ckpt / SHARDED_DIR))
+    try:
+        stored = reader.read_metadata().state_dict_metadata
+    except Exception as exc:  # a truncated or foreign .metadata
+        raise _corrupt(ckpt, exc) from None
+    shapes = {
+        k.removeprefix("model."): tuple(getattr(v, "size", ()))
+        for k, v in stored.items()
+        if k.startswith("model.")
+    }
+    if set(shapes) != set(expected) or any(shapes[k] != tuple(expected[k].shape) for k in expected):
+        raise _other_model(ckpt)
+    weights = {k: torch.empty_like(v) for k, v in expected.items()}
+    try:
+        dcp_load({"model": weights}, storage_reader=reader, no_dist=True)
+    except Exception as exc:  # missing or truncated shard files
+        raise _corrupt(ckpt, exc) from None
+    return weights
+
+
+def load_sharded_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load the weights and AdamW state of a sharded checkpoint into ``model`` and ``optimizer``
+    (sharded or not, any number of processes: each reads the pieces it holds). Collective when a
+    process group is up."""
+    from torch.distributed.checkpoint import load as dcp_load
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+    weights, optimizer_state = get_state_dict(model, optimizer)
+    weights.pop(TIED_KEY, None)
+    state = {"model": weights, "optimizer": optimizer_state}
+    try:
+        dcp_load(state, checkpoint_id=ckpt / SHARDED_DIR, no_dist=not dist.is_initialized())
+    except Exception as exc:
+        raise _corrupt(ckpt, exc) from None
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+        options=StateDictOptions(strict=False),  # without lm_head.weight: tied to transformer.wte.weight
+    )
+
+
 def load_training_state(ckpt: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(optimizer file contents, per-rank RNG states), loaded with ``weights_only=True``."""
+    """(optimizer file contents, per-rank RNG states), loaded with ``weights_only=True``. For a sharded
+    checkpoint the first holds only the grad-scaler state (the AdamW state is in ``dcp/``)."""
     loaded = []
-    for name in ("optimizer.pt", "rng.pt"):
+    for name in ("scaler.pt" if is_sharded(ckpt) else "optimizer.pt", "rng.pt"):
         try:
             loaded.append(torch.load(ckpt / name, map_location="cpu", weights_only=True))
         except pickle.UnpicklingError:  # weights_only met something other than tensors and containers

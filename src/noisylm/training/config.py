@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 SAMPLERS = ("paired", "uniform")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+PARALLELISMS = ("ddp", "fsdp")
 RESERVED_EVAL_NAMES = ("val", "noise", "train")
 _EVAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -67,7 +68,7 @@ class TrainConfig:
         device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N", "mps".
         dtype: "auto" (bfloat16 autocast where supported, float16 + grad scaler on GPUs without bf16,
             else float32), "float32", "bfloat16", "float16".
-        compile: torch.compile the model.
+        compile: torch.compile the model; "auto" (default) = on CUDA GPUs, off elsewhere.
         seed: seeds the initial weights and dropout (and the data when ``data_seed`` is None).
         threads: torch intra-op threads on CPU; None = PyTorch's default.
         ce_chunk_tokens: positions per chunk of the output layer + cross-entropy.
@@ -118,7 +119,7 @@ class TrainConfig:
     # system
     device: str = "auto"
     dtype: str = "auto"
-    compile: bool = False
+    compile: bool | str = "auto"
     seed: int = 1337
     threads: int | None = None
     ce_chunk_tokens: int = 512
@@ -130,6 +131,14 @@ class TrainConfig:
     wandb_project: str | None = None
     wandb_run_name: str | None = None
     progress: bool = True
+    # parallelism: how several processes (torchrun) share the work. "ddp": every process holds the whole
+    # model, gradients are all-reduced. "fsdp": weights, gradients and AdamW state are sharded over the
+    # processes (FSDP2: one unit per transformer block, then the root) and checkpoints are sharded
+    # (torch.distributed.checkpoint); use it when the model does not fit one GPU with DDP.
+    parallelism: str = "ddp"
+    # max_bad_steps: a step whose loss or gradients are not finite is skipped (it never reaches the
+    # weights, the AdamW state or a checkpoint); this many consecutive skipped steps stop the run.
+    max_bad_steps: int = 10
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(TrainConfig)
@@ -170,6 +179,14 @@ class TrainConfig:
                     f"eval set name {name!r} is reserved or invalid; use letters, digits, '-', '_', '.' "
                     f"and not {'/'.join(RESERVED_EVAL_NAMES)}"
                 )
+        if self.compile not in (True, False, "auto"):
+            raise UsageError(f"compile must be true, false or auto, got {self.compile!r}")
+        if self.parallelism not in PARALLELISMS:
+            raise UsageError(
+                f"parallelism {self.parallelism!r} is not valid; use one of: {', '.join(PARALLELISMS)}"
+            )
+        if self.max_bad_steps < 1:
+            raise UsageError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
         self.model_config(vocab_size=self.vocab_size or 50257)  # validates the model fields
 
     def model_config(self, vocab_size: int) -> GPTConfig:
@@ -202,8 +219,13 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check_type(name, value, inner)
+        inner = [a for a in args if a is not type(None)]
+        for kind in inner[:-1]:  # bool | str (compile = true | "auto"): the first type that fits
+            try:
+                return _check_type(name, value, kind)
+            except UsageError:
+                pass
+        return _check_type(name, value, inner[-1])
     if typing.get_origin(annotation) is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise UsageError(f"{name} must be a table of name = path, got {value!r}")
@@ -305,6 +327,11 @@ def _parse_value(key: str, text: str, annotation: Any) -> Any:
         if text.lower() in ("none", "null"):
             return None
         (annotation,) = [a for a in args if a is not type(None)]
+    elif args and bool in args:  # bool | str: a truth word, else the text (compile = auto)
+        try:
+            return _parse_value(key, text, bool)
+        except UsageError:
+            return text
     if annotation is bool:
         if text.lower() in ("true", "1", "yes", "on"):
             return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,31 +13,45 @@ import torch
 from noisylm.artifacts import atomic_write_text, read_jsonl
 from noisylm.errors import NoisyLMError
 
-# Dense bf16/fp16 tensor-core peak FLOP/s by device name (datasheets), for MFU. CPUs: unknown.
+# Dense (no sparsity) bf16 tensor-core peak FLOP/s per GPU from NVIDIA's datasheets, for MFU; fp16 for
+# GPUs without bf16 (V100, T4). More specific names first: "H100 PCIe" before "H100". A name matches
+# as a whole word of the device name ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "Tesla T4"),
+# so "A10" does not match "A100" or "A10G". Unknown GPUs and CPUs: MFU is null.
 PEAK_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "A10G": 125e12,
+    "B200": 2250e12,
+    "H200 NVL": 835e12,
+    "GH200": 989e12,
+    "H200": 989e12,  # SXM
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM
+    "A100": 312e12,  # SXM and PCIe
+    "A40": 150e12,
     "A10": 125e12,
     "L40S": 362e12,
+    "L40": 181e12,
     "L4": 121e12,
-    "V100": 125e12,
-    "RTX 4090": 165e12,
+    "RTX A6000": 155e12,
+    "RTX 4090": 165e12,  # fp32 accumulation
     "RTX 3090": 71e12,
-    "T4": 65e12,
+    "V100": 125e12,  # fp16 (SXM2)
+    "T4": 65e12,  # fp16
 }
+
+
+def gpu_peak_flops(name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of the GPU called ``name`` (as CUDA reports it), or None."""
+    for key, flops in PEAK_FLOPS.items():
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", name):
+            return flops
+    return None
 
 
 def peak_flops(device: torch.device) -> float | None:
     """The device's peak FLOP/s when known (CUDA GPUs in `PEAK_FLOPS`), else None."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in PEAK_FLOPS.items():
-        if key in name:
-            return flops
-    return None
+    return gpu_peak_flops(torch.cuda.get_device_name(device))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
