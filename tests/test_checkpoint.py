@@ -98,3 +98,45 @@ def test_corrupt_or_missing_checkpoints_are_one_clear_error(tmp_path):
     (path / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(NoisyLMError, match="corrupt"):
         ckpt.load_weights(model, path)
+
+
+def test_sharded_checkpoint_loads_on_one_process_and_fails_clearly(tmp_path):
+    """A sharded (FSDP2 + torch.distributed.checkpoint) checkpoint, written by a group of one process,
+    read back by `load_model` with no process group: the same weights; damage is one clear line."""
+    import torch.distributed as dist
+
+    from noisylm.training.trainer import shard_model
+
+    model, _ = _model_and_optimizer()
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        shard_model(model, torch.device("cpu"), 1)
+        optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95))
+        state = {"model": model.config.to_dict(), "data": {"tokenizer": "bytes"}, "sampler": {"slot": 4}}
+        rng = [ckpt.rng_state(torch.device("cpu"))]
+        path = ckpt.save_sharded_checkpoint(tmp_path / "checkpoints", 4, model, optimizer, state, rng)
+    finally:
+        dist.destroy_process_group()
+    assert sorted(p.name for p in path.iterdir()) == ["dcp", "rng.pt", "scaler.pt", "trainer_state.json"]
+    assert ckpt.is_sharded(path) and [p.name for p in ckpt.weight_files(path)] == [
+        ".metadata",
+        "__0_0.distcp",
+    ]
+
+    loaded, trainer_state, where = ckpt.load_model(tmp_path)
+    assert where == path and trainer_state["iter"] == 4 and trainer_state["sharded"]
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+
+    other = GPT(GPTConfig(block_size=8, vocab_size=70, n_layer=1, n_head=2, n_embd=32))
+    with pytest.raises(NoisyLMError, match="different model config"):
+        ckpt.load_weights(other, path)
+    shard = path / "dcp" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:50])
+    with pytest.raises(NoisyLMError, match="ckpt-0000004 is corrupt"):
+        ckpt.load_model(path)
+    (path / "dcp" / ".metadata").write_bytes(b"garbage")
+    with pytest.raises(NoisyLMError, match="ckpt-0000004 is corrupt"):
+        ckpt.load_model(path)

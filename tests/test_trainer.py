@@ -7,7 +7,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -455,44 +454,6 @@ def test_cli_train_and_bad_key(tmp_path, shakespeare_bytes, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown config key or argument --max-itters 2; valid keys: data, eval_sets" in err
-
-
-# ---------------------------------------------------------------------------------------------------------
-# DDP
-
-
-@pytest.mark.slow
-def test_ddp_two_processes_match_one_process(tmp_path, shakespeare_bytes):
-    """Two gloo processes with the environment torchrun gives them (RANK, WORLD_SIZE, MASTER_ADDR...;
-    started directly, which saves the launcher's start-up) against one process, same global batch."""
-    fields = {**TINY_RUN, "data": str(shakespeare_bytes), "max_iters": 6, "grad_accum": 2, "eval_interval": 3}
-    single = tmp_path / "single"
-    train(TrainConfig(**fields), single)
-    cfg_file = tmp_path / "ddp.json"
-    cfg_file.write_text(json.dumps(fields))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "noisylm", "train", str(cfg_file), "--out", str(tmp_path / "ddp")]
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
-        procs.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
-    assert "trained 6 iterations" in outputs[0][0] and not outputs[1][0]  # rank 0 reports
-    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
-    a, b = read_lines(single), read_lines(tmp_path / "ddp")
-    assert [m["iter"] for m in a] == [m["iter"] for m in b]
-    for x, y in zip(a, b, strict=True):
-        assert x["tokens"] == y["tokens"] and x["clean_tokens"] == y["clean_tokens"]
-        if "train_loss" in x:
-            assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5)
-        else:
-            assert y["eval"] == pytest.approx(x["eval"], rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------

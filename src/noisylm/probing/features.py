@@ -333,7 +333,7 @@ class NoisyLMCheckpoint(Backbone):
         self, path: Path, spec: str, device: torch.device, pooling: str, max_length: int, dtype: torch.dtype
     ):
         from noisylm.data.tokenizers import get_tokenizer
-        from noisylm.training.checkpoint import load_model
+        from noisylm.training.checkpoint import load_model, weight_files
 
         self.model, state, ckpt = load_model(path, device=device)
         self.model.to(dtype=dtype).eval()
@@ -342,7 +342,7 @@ class NoisyLMCheckpoint(Backbone):
         self.tokenizer = get_tokenizer(tokenizer)
         self.block_size = min(max_length, self.model.config.block_size)
         self.spec, self.kind, self.device, self.pooling = spec, "text", device, pooling
-        self.hash = _hash_files([ckpt / "model.safetensors"])
+        self.hash = _hash_files(weight_files(ckpt))  # model.safetensors, or a sharded checkpoint's dcp/
 
     def encode(self, batch: list[str]) -> torch.Tensor:
         # Keep the end of each prompt (the template's cue); `extract` refuses empty prompts.

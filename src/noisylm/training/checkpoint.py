@@ -24,6 +24,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,10 @@ def read_trainer_state(ckpt: Path) -> dict[str, Any]:
 
 
 def _corrupt(ckpt: Path, exc: BaseException) -> NoisyLMError:
+    failures = getattr(exc, "failures", None)  # torch.distributed.checkpoint: the error of each rank
+    if failures:
+        exc = next(iter(failures.values()))  # (exception, its stack)
+        exc = exc[0] if isinstance(exc, tuple) else exc
     detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return NoisyLMError(
         f"checkpoint {ckpt} is corrupt or incomplete ({detail}); delete it to fall back to an older "
@@ -216,7 +221,7 @@ def _other_model(ckpt: Path) -> NoisyLMError:
 
 def _read_sharded_weights(ckpt: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The full weights of a sharded checkpoint, read on this process without a process group."""
-    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint import CheckpointException, FileSystemReader
     from torch.distributed.checkpoint import load as dcp_load
 
     reader = FileSystemReader(str(ckpt / SHARDED_DIR))
@@ -233,8 +238,10 @@ def _read_sharded_weights(ckpt: Path, expected: dict[str, torch.Tensor]) -> dict
         raise _other_model(ckpt)
     weights = {k: torch.empty_like(v) for k, v in expected.items()}
     try:
-        dcp_load({"model": weights}, storage_reader=reader, no_dist=True)
-    except Exception as exc:  # missing or truncated shard files
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp_load({"model": weights}, storage_reader=reader, no_dist=True)
+    except (Exception, CheckpointException) as exc:  # missing or truncated shards
         raise _corrupt(ckpt, exc) from None
     return weights
 
@@ -243,6 +250,7 @@ def load_sharded_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.opti
     """Load the weights and AdamW state of a sharded checkpoint into ``model`` and ``optimizer``
     (sharded or not, any number of processes: each reads the pieces it holds). Collective when a
     process group is up."""
+    from torch.distributed.checkpoint import CheckpointException
     from torch.distributed.checkpoint import load as dcp_load
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
@@ -250,8 +258,10 @@ def load_sharded_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.opti
     weights.pop(TIED_KEY, None)
     state = {"model": weights, "optimizer": optimizer_state}
     try:
-        dcp_load(state, checkpoint_id=ckpt / SHARDED_DIR, no_dist=not dist.is_initialized())
-    except Exception as exc:
+        with warnings.catch_warnings():  # one process without a group: "load in a single process", yes
+            warnings.simplefilter("ignore", UserWarning)
+            dcp_load(state, checkpoint_id=ckpt / SHARDED_DIR, no_dist=not dist.is_initialized())
+    except (Exception, CheckpointException) as exc:
         raise _corrupt(ckpt, exc) from None
     set_state_dict(
         model,
