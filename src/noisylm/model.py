@@ -340,7 +340,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             h_all = hidden.to(dtype)
             w = weight.to(dtype)
             valid = targets != ignore_index
-            has_ignored = not bool(valid.all())
+            # Ignored targets get no loss and no gradient: masked in the (small) losses, hidden states
+            # and hidden-state gradients rather than in the logits, and without the host waiting to
+            # learn whether there are any (a sync in every training step on a GPU).
+            masks = valid[:, None]
             safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
             grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
             grad_weight = torch.empty_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
@@ -359,13 +362,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 # Row-wise fused log-softmax, in place (each row is read before it is written), then
                 # exp: the softmax, without another logits-sized buffer or extra passes over memory.
                 torch.log_softmax(logits, dim=1, out=logits)
-                row_loss = -logits.gather(1, t)
+                mask = masks[start:end]
+                row_loss = -logits.gather(1, t) * mask
                 grad_logits = logits.exp_()
                 grad_logits.scatter_add_(1, t, torch.full_like(row_loss, -1.0))  # minus one-hot
-                if has_ignored:
-                    mask = valid[start:end, None]
-                    row_loss = row_loss * mask
-                    grad_logits.mul_(mask)
                 loss += row_loss.sum()
                 grad_logits = grad_logits.to(dtype)
                 if grad_hidden is not None:
@@ -373,7 +373,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                         torch.mm(grad_logits, w, out=grad_hidden[start:end])
                     else:
                         grad_hidden[start:end] = grad_logits @ w
+                    grad_hidden[start:end].mul_(mask)
                 if grad_weight is not None:
+                    h = h * mask  # ignored rows add nothing to the output layer's gradient
                     if dtype != torch.float32:
                         update = (grad_logits.t() @ h).float()
                         if start == 0:
