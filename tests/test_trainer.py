@@ -113,6 +113,42 @@ def test_grad_accumulation_equals_the_larger_batch(tmp_path, shakespeare_bytes):
     assert big["tokens"] == acc["tokens"]
 
 
+@pytest.mark.parametrize("log_interval", [4, 12])
+def test_the_host_waits_for_the_device_only_at_log_lines(
+    tmp_path, shakespeare_bytes, monkeypatch, log_interval
+):
+    """Every call that makes the host wait for the device (item, tolist, bool/float/int of a tensor),
+    counted by the noisylm function that makes it: between log lines the loop makes none, so a GPU
+    never idles while the host waits. (On a CPU nothing is asynchronous; the count is what matters.)"""
+    import collections
+
+    calls: collections.Counter = collections.Counter()
+
+    def spy(name):
+        real = getattr(torch.Tensor, name)
+
+        def waiting(self, *args, **kwargs):
+            caller = sys._getframe(1)
+            if "noisylm" in caller.f_code.co_filename:
+                calls[(Path(caller.f_code.co_filename).name, caller.f_code.co_name)] += 1
+            return real(self, *args, **kwargs)
+
+        return waiting
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, spy(name))
+    cfg = config(shakespeare_bytes, max_iters=12, log_interval=log_interval, grad_accum=2)
+    cfg.eval_interval, cfg.checkpoint_interval, cfg.eval_at_start = 100, 0, False  # both only at the end
+    train(cfg, tmp_path / "run")
+    logs = 12 // log_interval
+    # model.py's backward checks its incoming gradient on the host only when it is a CPU tensor
+    calls.pop(("model.py", "backward"), None)
+    trainer_calls = {where: n for where, n in calls.items() if where[0] == "trainer.py"}
+    # one per log line, one for the checkpoint, one for the summary; the eval at the end has its own
+    assert trainer_calls == {("trainer.py", "run"): logs + 2}
+    assert {where[0] for where in calls} <= {"trainer.py", "evaluate.py"}
+
+
 def test_learning_rate_schedule_is_warmup_then_cosine():
     cfg = TrainConfig(data="x", learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
     assert learning_rate(0, cfg) == pytest.approx(1 / 11)
