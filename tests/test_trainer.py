@@ -149,6 +149,28 @@ def test_the_host_waits_for_the_device_only_at_log_lines(
     assert {where[0] for where in calls} <= {"trainer.py", "evaluate.py"}
 
 
+def test_mfu_uses_the_datasheet_peak_of_the_named_gpu():
+    """Dense bf16 tensor-core peaks from NVIDIA's datasheets (fp16 where there is no bf16), matched
+    by whole name: an A10 is not an A100, an L4 not an L40S, an H100 PCIe not an SXM H100."""
+    from noisylm.training.metrics import gpu_peak_flops, peak_flops
+
+    datasheets = {
+        "NVIDIA H100 80GB HBM3": 989e12,
+        "NVIDIA H100 PCIe": 756e12,
+        "NVIDIA H200": 989e12,
+        "NVIDIA A100-SXM4-80GB": 312e12,
+        "NVIDIA A100 80GB PCIe": 312e12,
+        "NVIDIA A10": 125e12,
+        "NVIDIA L4": 121e12,
+        "NVIDIA L40S": 362e12,
+        "Tesla T4": 65e12,
+        "NVIDIA A10G": None,  # no NVIDIA datasheet: unknown, MFU null
+        "NVIDIA GeForce RTX 3080": None,
+    }
+    assert {name: gpu_peak_flops(name) for name in datasheets} == datasheets
+    assert peak_flops(torch.device("cpu")) is None
+
+
 def test_learning_rate_schedule_is_warmup_then_cosine():
     cfg = TrainConfig(data="x", learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
     assert learning_rate(0, cfg) == pytest.approx(1 / 11)
