@@ -457,6 +457,10 @@ def test_resume_with_other_model_or_corrupt_checkpoint(tmp_path, shakespeare_byt
         ({"n_head": 3}, "divisible"),
         ({"eval_sets": {"val": "x"}}, "reserved"),
         ({"beta2": 1.5}, "beta2"),
+        ({"compile": "yes"}, "compile must be true, false or auto"),
+        ({"compile": 3}, "compile must be bool or str"),
+        ({"parallelism": "zero"}, "ddp, fsdp"),
+        ({"max_bad_steps": 0}, "max_bad_steps must be >= 1"),
         ({}, None),
     ],
 )
@@ -489,6 +493,11 @@ def test_config_files_and_overrides(tmp_path):
     assert configs[0] == configs[1] == configs[2]
     overrides = parse_overrides(["--max-iters", "7", "--compile", "--eval_sets.more=f", "--data_seed=none"])
     assert overrides == {"max_iters": 7, "compile": True, "eval_sets": {"more": "f"}, "data_seed": None}
+    assert parse_overrides(["--compile", "auto"]) == {"compile": "auto"}
+    assert parse_overrides(["--compile=off", "--parallelism", "fsdp"]) == {
+        "compile": False,
+        "parallelism": "fsdp",
+    }
     cfg = load_config(toml, overrides)
     assert cfg.max_iters == 7 and cfg.compile and cfg.eval_sets == {"docs": "e", "more": "f"}
     bad = tmp_path / "bad.toml"

@@ -220,12 +220,15 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        for kind in inner[:-1]:  # bool | str (compile = true | "auto"): the first type that fits
+        if len(inner) == 1:
+            return _check_type(name, value, inner[0])
+        for kind in inner:  # bool | str (compile = true | "auto"): the first type that fits
             try:
                 return _check_type(name, value, kind)
             except UsageError:
                 pass
-        return _check_type(name, value, inner[-1])
+        kinds = " or ".join(getattr(kind, "__name__", str(kind)) for kind in inner)
+        raise UsageError(f"{name} must be {kinds}, got {value!r}")
     if typing.get_origin(annotation) is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise UsageError(f"{name} must be a table of name = path, got {value!r}")
