@@ -348,6 +348,18 @@ def test_a_non_finite_step_is_skipped_and_never_reaches_the_state(tmp_path, shak
     weights = load_file(str(run / "checkpoints" / "ckpt-0000004" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())
 
+    # A run whose last step is poisoned writes its final checkpoint anyway: the weights and the whole
+    # AdamW state are exactly those of the checkpoint before the skipped step.
+    monkeypatch.setattr(trainer_module, "GPT", lambda cfg: _PoisonedGPT(cfg, poisoned={3}))
+    train(
+        config(shakespeare_bytes, max_iters=3, checkpoint_interval=1, keep_checkpoints=10), tmp_path / "last"
+    )
+    before, after = (tmp_path / "last" / "checkpoints" / f"ckpt-000000{i}" for i in (2, 3))
+    a, b = (load_file(str(d / "model.safetensors")) for d in (before, after))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (torch.load(d / "optimizer.pt", weights_only=True)["optimizer"]["state"] for d in (before, after))
+    assert all(torch.equal(a[i][k], b[i][k]) for i in a for k in ("step", "exp_avg", "exp_avg_sq"))
+
 
 def test_a_diverging_run_stops_and_names_a_checkpoint_that_resumes(tmp_path, shakespeare_bytes):
     """A healthy start, then a learning rate of 1e4 (no clipping, no warm-up): every step after the
