@@ -116,7 +116,7 @@ def inject(
         cfg.kind,
         noise_vocab(parent),
         np.random.default_rng(noise_seq),
-        tokenizer=parent.tokenizer,
+        tokenizer=parent.load_tokenizer() if cfg.kind == "mojibake" else parent.tokenizer,
         **cfg.params,
     )
     insertions = _placement(parent, cfg, n_noise, np.random.default_rng(place_seq))
@@ -126,6 +126,7 @@ def inject(
             parent, sampler, noise_seq, insertions, tmp / "train.bin", tmp / "noise.bin", progress
         )
         shutil.copyfile(parent.path / parent.splits["val"].file, tmp / "val.bin")
+        parent.copy_tokenizer_to(tmp)
         splits = {
             "train": {
                 "file": "train.bin",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,24 @@ class ShardSet:
         counts = ", ".join(f"{s.name}={s.tokens:,}" for s in self.splits.values())
         return f"ShardSet({str(self.path)!r}, tokenizer={self.tokenizer!r}, {counts})"
 
+    def tokenizer_record(self) -> dict[str, Any]:
+        """The manifest fields of a trained tokenizer's file (empty for named tokenizers), for the
+        manifests of shard sets derived from this one (inject, merge)."""
+        return {k: self.manifest[k] for k in ("tokenizer_file", "tokenizer_sha256") if k in self.manifest}
+
+    def copy_tokenizer_to(self, directory: Path) -> None:
+        """Copy a trained tokenizer's file next to a derived artifact (noisy shards, a run directory)."""
+        if "tokenizer_file" in self.manifest:
+            shutil.copyfile(
+                self.path / self.manifest["tokenizer_file"], Path(directory) / self.manifest["tokenizer_file"]
+            )
+
+    def load_tokenizer(self):
+        """The `Tokenizer` these shards were made with (a trained ``bpe:N`` from its ``tokenizer.json``)."""
+        from noisylm.data.tokenizers import load_tokenizer
+
+        return load_tokenizer(self.tokenizer, self.path)
+
 
 def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
     """Write ``manifest.json`` atomically, indented, with the noise spans compact on one line."""
@@ -165,7 +184,7 @@ def verify(path: str | os.PathLike, chunk_tokens: int = 1 << 24) -> list[str]:
     the spans are sorted, disjoint and inside train.bin, that noise.bin equals the spans' tokens in
     order, and that the token counts and achieved α agree. Reads in chunks (bounded memory).
     """
-    from noisylm.data.tokenizers import TOKENIZERS, token_dtype
+    from noisylm.data.tokenizers import BPE_FILE, TOKENIZERS, token_dtype
 
     path = Path(path)
     try:
@@ -173,13 +192,26 @@ def verify(path: str | os.PathLike, chunk_tokens: int = 1 << 24) -> list[str]:
     except NoisyLMError as exc:
         return [str(exc)]
     problems: list[str] = []
-    tok_cls = TOKENIZERS.get(shards.tokenizer)
-    if tok_cls is None:
+    tok_sizes: tuple[int, int] | None = None
+    if shards.tokenizer.startswith("bpe:"):
+        try:
+            tok = shards.load_tokenizer()
+            tok_sizes = (tok.vocab_size, tok.eot_id)
+            recorded = shards.manifest.get("tokenizer_sha256")
+            if recorded is not None and recorded != tok.sha256:
+                problems.append(
+                    f"{path / BPE_FILE} sha256 differs from the manifest; it changed or is corrupt"
+                )
+        except NoisyLMError as exc:
+            problems.append(str(exc))
+    elif shards.tokenizer in TOKENIZERS:
+        tok_sizes = (TOKENIZERS[shards.tokenizer].vocab_size, TOKENIZERS[shards.tokenizer].eot_id)
+    else:
         problems.append(f"manifest names unknown tokenizer {shards.tokenizer!r}")
-    elif (tok_cls.vocab_size, tok_cls.eot_id) != (shards.vocab_size, shards.eot_id):
+    if tok_sizes is not None and tok_sizes != (shards.vocab_size, shards.eot_id):
         problems.append(
             f"manifest says vocab_size={shards.vocab_size}, eot_id={shards.eot_id}; tokenizer "
-            f"{shards.tokenizer!r} has {tok_cls.vocab_size}, {tok_cls.eot_id}"
+            f"{shards.tokenizer!r} has {tok_sizes[0]}, {tok_sizes[1]}"
         )
     if shards.dtype != token_dtype(shards.vocab_size):
         problems.append(f"dtype {shards.dtype} does not match vocab size {shards.vocab_size}")

@@ -54,11 +54,10 @@ def stats(dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[
 
     Returns {"splits": {...}, "noise": {...} | None, "table": markdown, "figure": png path, "json": path}.
     """
-    from noisylm.data.tokenizers import get_tokenizer
 
     shards = ShardSet.open(dir)
     out = Path(out) if out is not None else shards.path / "stats"
-    tokenizer = get_tokenizer(shards.tokenizer)
+    tokenizer = shards.load_tokenizer()
 
     priors: dict[str, np.ndarray] = {}
     train = token_counts(shards, "train")

@@ -332,14 +332,11 @@ class NoisyLMCheckpoint(Backbone):
     def __init__(
         self, path: Path, spec: str, device: torch.device, pooling: str, max_length: int, dtype: torch.dtype
     ):
-        from noisylm.data.tokenizers import get_tokenizer
-        from noisylm.training.checkpoint import load_model
+        from noisylm.training.checkpoint import load_checkpoint_tokenizer, load_model
 
         self.model, state, ckpt = load_model(path, device=device)
         self.model.to(dtype=dtype).eval()
-        vocab_size = self.model.config.vocab_size
-        tokenizer = (state.get("data") or {}).get("tokenizer") or ("bytes" if vocab_size <= 257 else "gpt2")
-        self.tokenizer = get_tokenizer(tokenizer)
+        self.tokenizer = load_checkpoint_tokenizer(state, ckpt, self.model.config.vocab_size)
         self.block_size = min(max_length, self.model.config.block_size)
         self.spec, self.kind, self.device, self.pooling = spec, "text", device, pooling
         self.hash = _hash_files([ckpt / "model.safetensors"])

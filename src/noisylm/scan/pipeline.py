@@ -840,6 +840,7 @@ def write_filtered(
     kept = 0
     documents = 0
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        shards.copy_tokenizer_to(tmp)
         digest = hashlib.sha256()
         with (
             open(shards.path / shards.splits["train"].file, "rb") as src,
