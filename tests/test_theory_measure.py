@@ -88,7 +88,7 @@ def test_k_over_training_pairs_the_same_windows(noisy_bytes, tmp_path):
         _save_run(tmp_path / "n", 2, [10, 20, 30]),
     )
     config = TheoryConfig(eval_windows=6, batch_size=4, seed=5)
-    points = M.k_over_training(clean, noisy, M._Evaluator(config))
+    points = M.k_over_training(clean, noisy, M.CheckpointEvaluator(config))
     assert [p.iter for p in points] == [10, 20]  # 30: only the noisy run kept it
     shards = ShardSet.open(noisy_bytes)
     for point in points:

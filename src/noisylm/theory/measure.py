@@ -82,7 +82,7 @@ class EvalPoint:
         }
 
 
-class _Evaluator:
+class CheckpointEvaluator:
     """Evaluates checkpoints on fixed windows; caches each (checkpoint, token set)'s per-window losses."""
 
     def __init__(self, config: TheoryConfig):
@@ -116,7 +116,7 @@ def _eval_sets(run: RunInfo) -> dict[str, np.ndarray]:
     return {"val": shards.tokens("val"), f"noise:{run.name}": shards.tokens("noise")}
 
 
-def k_over_training(clean: RunInfo, run: RunInfo, evaluator: _Evaluator) -> list[EvalPoint]:
+def k_over_training(clean: RunInfo, run: RunInfo, evaluator: CheckpointEvaluator) -> list[EvalPoint]:
     """One `EvalPoint` per iteration at which both runs kept a checkpoint (Fig. 7a)."""
     sets = _eval_sets(run)
     noise_name = f"noise:{run.name}"

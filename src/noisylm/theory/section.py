@@ -1,5 +1,6 @@
 """The theory section of a sweep's report: Proposition 1 and Lemma 1 against its real runs (`noisylm theory
-SWEEP_DIR`), the `theory()` entry point.
+SWEEP_DIR`), the `theory()` entry point. It reads the sweep with `runs`, measures with `measure` and
+`lemma1`, draws with `figures`, and writes the tables and the section here.
 
 Writes ``sweep_dir/report/theory/`` (figures, Markdown/CSV tables, ``theory.json`` with every number,
 ``section.json``) and rebuilds the report's ``index.html``:
@@ -36,7 +37,7 @@ from noisylm.theory import formulas as T
 from noisylm.theory.config import TheoryConfig
 from noisylm.theory.figures import FIG9, fig7a, fig7b, fig9, fig_predicted
 from noisylm.theory.lemma1 import lemma1_for_run
-from noisylm.theory.measure import EvalPoint, _Evaluator, k_over_training, prediction_row
+from noisylm.theory.measure import CheckpointEvaluator, EvalPoint, k_over_training, prediction_row
 from noisylm.theory.runs import RunInfo, load_sweep
 
 SECTION = "theory"
@@ -102,7 +103,7 @@ def theory(sweep_dir: str | os.PathLike, config: TheoryConfig | None = None, **o
 
 def _theory(root: Path, config: TheoryConfig, clean: RunInfo, noisy: list[RunInfo]) -> Path:
     report_dir = root / "report"
-    evaluator = _Evaluator(config)
+    evaluator = CheckpointEvaluator(config)
     notes: list[str] = []
 
     curves: dict[str, list[EvalPoint]] = {}
