@@ -132,7 +132,7 @@ def test_bad_inputs_one_line_nonzero_nothing_partial(noisy_bytes, tmp_path, caps
     data[1000] = 300
     data.tofile(bad_ids / "train.bin")
     code, err = _cli_error([str(bad_ids), "--out", str(tmp_path / "o2b")], capsys)
-    assert code == 1 and "300 >= vocab_size 257" in err and not (tmp_path / "o2b").exists()
+    assert code == 1 and "token id 300, but ids >= vocab size 257" in err and not (tmp_path / "o2b").exists()
 
     existing = tmp_path / "exists"
     existing.mkdir()

@@ -80,7 +80,7 @@ def test_token_counts_in_chunks_and_corrupt_ids(noisy_bytes, tmp_path):
     data = np.fromfile(copy / "train.bin", dtype=np.uint16)
     data[10] = 300
     data.tofile(copy / "train.bin")
-    with pytest.raises(NoisyLMError, match="token id 300 >= vocab_size 257.*noisylm verify"):
+    with pytest.raises(NoisyLMError, match="token id 300, but ids >= vocab size 257.*noisylm verify"):
         ShardSet.open(copy).token_counts("train")
 
 

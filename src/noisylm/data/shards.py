@@ -147,9 +147,10 @@ class ShardSet:
         for lo in range(0, len(tokens), chunk_tokens):
             part = np.bincount(np.asarray(tokens[lo : lo + chunk_tokens]), minlength=self.vocab_size)
             if len(part) > self.vocab_size:
+                file = self.path / self.splits[split].file
                 raise NoisyLMError(
-                    f"{self.path / self.splits[split].file} holds token id {len(part) - 1} >= vocab_size "
-                    f"{self.vocab_size}; the shard set is corrupt, run `noisylm verify` and regenerate it"
+                    f"{file} holds token id {len(part) - 1}, but ids >= vocab size {self.vocab_size} are no "
+                    "tokens: the shard set is corrupt, run `noisylm verify` and regenerate it"
                 )
             counts += part
         return counts
