@@ -140,6 +140,22 @@ class ShardSet:
                 mask[lo - start : hi - start] = False
         return mask
 
+    def token_counts(self, split: str, chunk_tokens: int = 1 << 24) -> np.ndarray:
+        """How often each id in [0, vocab_size) occurs in ``split``: int64, one streamed pass over the
+        memmap, ``chunk_tokens`` at a time (bounded memory). An id >= vocab_size is a corrupt shard."""
+        tokens = self.tokens(split)
+        counts = np.zeros(self.vocab_size, dtype=np.int64)
+        for lo in range(0, len(tokens), chunk_tokens):
+            part = np.bincount(np.asarray(tokens[lo : lo + chunk_tokens]), minlength=self.vocab_size)
+            if len(part) > self.vocab_size:
+                file = self.path / self.splits[split].file
+                raise NoisyLMError(
+                    f"{file} holds token id {len(part) - 1}, but ids >= vocab size {self.vocab_size} are no "
+                    "tokens: the shard set is corrupt, run `noisylm verify` and regenerate it"
+                )
+            counts += part
+        return counts
+
     def __repr__(self) -> str:
         counts = ", ".join(f"{s.name}={s.tokens:,}" for s in self.splits.values())
         return f"ShardSet({str(self.path)!r}, tokenizer={self.tokenizer!r}, {counts})"
@@ -161,6 +177,16 @@ class ShardSet:
         from noisylm.data.tokenizers import load_tokenizer
 
         return load_tokenizer(self.tokenizer, self.path)
+
+
+def entropy_nats(counts: np.ndarray) -> float:
+    """Entropy (nats) of the unigram distribution of ``counts`` (e.g. `ShardSet.token_counts`): log V for
+    uniform noise over V ids; 0 for no tokens."""
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    p = counts[counts > 0] / total
+    return float(-(p * np.log(p)).sum())
 
 
 def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
