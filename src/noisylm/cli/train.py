@@ -63,7 +63,7 @@ class _TrainParser(argparse.ArgumentParser):
                 f"--{f.name.replace('_', '-')}",
                 *([f"--{f.name}"] if "_" in f.name else []),
                 dest=f"cfg_{f.name}",
-                metavar="{" + ",".join(choices) + "}" if choices else _metavar(hints[f.name]),
+                metavar="{" + ",".join(map(str, choices)) + "}" if choices else _metavar(hints[f.name]),
                 nargs="?" if hints[f.name] is bool else None,
                 const="true" if hints[f.name] is bool else None,
                 default=argparse.SUPPRESS,
