@@ -131,6 +131,9 @@ def test_bad_inputs_one_line_nonzero_nothing_partial(noisy_bytes, tmp_path, caps
     data = np.fromfile(bad_ids / "train.bin", dtype=np.uint16)
     data[1000] = 300
     data.tofile(bad_ids / "train.bin")
+    bad_manifest = json.loads((bad_ids / MANIFEST).read_text())
+    bad_manifest["splits"]["train"]["sha256"] = None  # else the hash check on reading catches it first
+    (bad_ids / MANIFEST).write_text(json.dumps(bad_manifest))
     code, err = _cli_error([str(bad_ids), "--out", str(tmp_path / "o2b")], capsys)
     assert code == 1 and "token id 300, but ids >= vocab size 257" in err and not (tmp_path / "o2b").exists()
 

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tokenize text files (or a bundled corpus) into nanoGPT train.bin/val.bin shards",
         description="Tokenize text into a shard set: train.bin and val.bin (uint16 token ids, documents\n"
         "separated by the end-of-text id, as nanoGPT reads them) and manifest.json (tokenizer, counts,\n"
-        "sha256 of every file, sources, seed, provenance).\n\n"
+        "sha256, size and mtime of every file, sources, seed, provenance).\n\n"
         "Inputs: text files, folders of them (recursive), .gz, JSONL (one document per line, text in\n"
         "--text-field). One document per file unless --doc-separator splits files further.\n"
         "Validation: --val-fraction of the documents, chosen evenly from a seeded offset.",
@@ -131,7 +131,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="recompute hashes, check token ranges and manifest consistency",
         description="Check a shard set: sizes and sha256 of every file against the manifest, token ids\n"
         "below the vocabulary size, document counts, and for noisy sets the spans, noise.bin and alpha.\n"
-        "Prints every problem; exit status 1 if there is any.",
+        "Prints every problem; exit status 1 if there is any. (Every command that reads a split checks\n"
+        "its sha256 too, but trusts a file whose size and mtime still match the manifest; verify always\n"
+        "re-hashes.)",
         epilog="example:\n  noisylm verify data/shk-uniform-0.2",
         formatter_class=HelpFormatter,
     )

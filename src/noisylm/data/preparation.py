@@ -19,12 +19,17 @@ split assignment as an unsharded run); `merge` concatenates shard sets in the or
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
 import functools
 import hashlib
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -33,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from noisylm.artifacts import atomic_dir, atomic_write_json, provenance, sha256_file
+from noisylm.artifacts import atomic_dir, pause_for_tests, provenance, sha256_file
 from noisylm.data.corpora import bundled_corpus, iter_pieces, resolve_inputs
-from noisylm.data.shards import MANIFEST, SHARD_FORMAT, ShardSet
+from noisylm.data.shards import MANIFEST, SHARD_FORMAT, ShardSet, write_manifest
 from noisylm.data.tokenizers import (
     BPE_FILE,
     TOKENIZERS,
@@ -166,7 +171,7 @@ def prepare(
             "noise": None,
             "provenance": provenance(record_config, cfg.seed),
         }
-        atomic_write_json(tmp / MANIFEST, manifest)
+        write_manifest(tmp / MANIFEST, manifest)
     return ShardSet.open(out)
 
 
@@ -294,6 +299,25 @@ def _mp_context():
     return multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Tokenizer worker initializer: die with `prepare`. A parent killed outright (SIGKILL) cannot shut
+    its pool down, and its workers would sleep on their task queue forever."""
+    if sys.platform == "linux":
+        # the kernel sends SIGKILL when the parent exits; prctl(PR_SET_PDEATHSIG = 1, SIGKILL)
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before that took effect
+        os._exit(1)
+    # Everywhere (and in case the forking thread, not the process, is what the kernel watches): poll.
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
+    while os.getppid() == parent_pid:  # an orphan is re-parented, so its parent pid changes
+        time.sleep(interval)
+    os._exit(1)
+
+
 def _tokenize_into(
     files: list[Path],
     cfg: PrepareConfig,
@@ -318,6 +342,7 @@ def _tokenize_into(
         writers["train"].write(train, n_train)
         writers["val"].write(val, n_val)
         bar.update(chars)
+        pause_for_tests("prepare.write")
 
     batches = _batches(files, cfg, source_docs)
     try:
@@ -327,7 +352,12 @@ def _tokenize_into(
             return
         _worker_tokenizer(spec)  # build once here; forked workers inherit it
         in_flight: collections.deque[tuple[Future, int]] = collections.deque()
-        with ProcessPoolExecutor(max_workers=cfg.num_proc, mp_context=_mp_context()) as pool:
+        with ProcessPoolExecutor(
+            max_workers=cfg.num_proc,
+            mp_context=_mp_context(),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             for batch, chars in batches:
                 in_flight.append((pool.submit(_encode_batch, spec, batch), chars))
                 if len(in_flight) >= 2 * cfg.num_proc + 2:
@@ -394,5 +424,5 @@ def merge(
             "noise": None,
             "provenance": provenance({"inputs": [str(p) for p in inputs]}, first.manifest.get("seed")),
         }
-        atomic_write_json(tmp / MANIFEST, manifest)
+        write_manifest(tmp / MANIFEST, manifest)
     return ShardSet.open(out)

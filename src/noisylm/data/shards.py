@@ -5,10 +5,17 @@ A shard set is a directory::
     train.bin      uint16 (or uint32) token ids, documents separated by the end-of-text id (nanoGPT format)
     val.bin        same, the validation split
     noise.bin      only in sets made by `noisylm inject`: the injected noise alone
-    manifest.json  tokenizer, vocab size, dtype, per-split token/document counts and sha256,
-                   sources, seed, noise record (kind, α, spans), provenance
+    manifest.json  tokenizer, vocab size, dtype, per-split token/document counts, sha256, size and
+                   mtime_ns, sources, seed, noise record (kind, α, spans), provenance
 
 nanoGPT reads ``train.bin`` unchanged with ``np.memmap(path, dtype=np.uint16, mode="r")``.
+
+Integrity: `ShardSet.tokens` / `ShardSet.file` (what training, injection, scanning and the other
+stages read through) check a split against the sha256 in the manifest before handing it out, once
+per opened set. A file whose size and ``mtime_ns`` still equal the manifest's is trusted without
+hashing; any other file (or a manifest that records no size/mtime) is re-hashed, streamed. An edit
+that keeps the size and restores the mtime (``os.utime``) is therefore not seen there; `verify`
+always re-hashes.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ class SplitInfo:
     tokens: int
     documents: int | None
     sha256: str | None
+    bytes: int | None = None  # file size and mtime when the manifest was written: if both still
+    mtime_ns: int | None = None  # match, the sha256 is trusted without re-hashing the file
 
 
 class ShardSet:
@@ -62,6 +71,8 @@ class ShardSet:
                     tokens=int(info["tokens"]),
                     documents=info.get("documents"),
                     sha256=info.get("sha256"),
+                    bytes=info.get("bytes"),
+                    mtime_ns=info.get("mtime_ns"),
                 )
                 for name, info in manifest["splits"].items()
             }
@@ -69,6 +80,7 @@ class ShardSet:
             raise NoisyLMError(
                 f"manifest {path / MANIFEST} is missing or has a bad field ({exc}); regenerate the shard set"
             ) from None
+        self._checked: set[str] = set()  # splits whose hash has been checked
 
     @classmethod
     def open(cls, path: str | os.PathLike, check_sizes: bool = True) -> ShardSet:
@@ -108,12 +120,42 @@ class ShardSet:
         return split in self.splits
 
     def tokens(self, split: str) -> np.ndarray:
-        """The split's token ids as a read-only memmap."""
+        """The split's token ids as a read-only memmap, after `file` has checked its hash."""
+        self.file(split)
+        return self._memmap(split)
+
+    def file(self, split: str) -> Path:
+        """The path of the split's file, checked against the manifest's sha256 first (once per opened
+        set). Unchanged size and mtime_ns mean unchanged content; otherwise the file is re-hashed."""
+        info = self._split(split)
+        file = self.path / info.file
+        if split in self._checked or info.sha256 is None:
+            return file
+        try:
+            stat = file.stat()
+        except OSError as exc:
+            raise NoisyLMError(
+                f"cannot read {file}: {exc.strerror or exc}; regenerate the shard set"
+            ) from None
+        unchanged = (info.bytes, info.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+        if not unchanged and sha256_file(file) != info.sha256:
+            raise NoisyLMError(
+                f"{file} does not match the sha256 in {self.path / MANIFEST}: it changed or is corrupt; "
+                f"run `noisylm verify {self.path}` and regenerate the shard set"
+            )
+        self._checked.add(split)
+        return file
+
+    def _split(self, split: str) -> SplitInfo:
         if split not in self.splits:
             raise NoisyLMError(
                 f"shard set {self.path} has no split {split!r} (it has {', '.join(self.splits)})"
             )
-        info = self.splits[split]
+        return self.splits[split]
+
+    def _memmap(self, split: str) -> np.ndarray:
+        """The split's token ids as a read-only memmap, unchecked (for `verify`, which hashes itself)."""
+        info = self._split(split)
         if info.tokens == 0:
             return np.zeros(0, dtype=self.dtype)
         return np.memmap(self.path / info.file, dtype=self.dtype, mode="r")
@@ -190,7 +232,22 @@ def entropy_nats(counts: np.ndarray) -> float:
 
 
 def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Write ``manifest.json`` atomically, indented, with the noise spans compact on one line."""
+    """Write ``manifest.json`` atomically, indented, with the noise spans compact on one line.
+
+    Each split whose file sits next to ``path`` gets its current size (``bytes``) and ``mtime_ns``
+    recorded, so readers can trust its sha256 while both stay the same: write the manifest last.
+    """
+    folder = Path(path).parent
+    splits = manifest.get("splits")
+    if isinstance(splits, dict):
+        stamped = {}
+        for name, info in splits.items():
+            file = folder / info["file"] if isinstance(info, dict) and "file" in info else None
+            if file is not None and file.is_file():
+                stat = file.stat()
+                info = {**info, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            stamped[name] = info
+        manifest = {**manifest, "splits": stamped}
     record = manifest.get("noise")
     spans = record.get("spans") if isinstance(record, dict) else None
     if spans is None:
@@ -256,7 +313,7 @@ def verify(path: str | os.PathLike, chunk_tokens: int = 1 << 24) -> list[str]:
         file = path / split.file
         if split.sha256 is not None and sha256_file(file) != split.sha256:
             problems.append(f"{file} sha256 differs from the manifest; the file changed or is corrupt")
-        tokens = shards.tokens(split.name)
+        tokens = shards._memmap(split.name)
         eots, top = 0, -1
         for lo in range(0, len(tokens), chunk_tokens):
             chunk = np.asarray(tokens[lo : lo + chunk_tokens])
@@ -315,7 +372,7 @@ def _verify_noise(shards: ShardSet, record: dict[str, Any], readable: set[str], 
             f"noise.bin holds {shards.splits['noise'].tokens} tokens; the spans hold {noise_tokens}"
         )
     elif {"train", "noise"} <= readable and not problems:
-        train, noise = shards.tokens("train"), shards.tokens("noise")
+        train, noise = shards._memmap("train"), shards._memmap("noise")
         pos = 0
         for offset, length in spans:
             for lo in range(0, int(length), chunk):

@@ -32,7 +32,7 @@ def write_filtered(
         shards.copy_tokenizer_to(tmp)
         digest = hashlib.sha256()
         with (
-            open(shards.path / shards.splits["train"].file, "rb") as src,
+            open(shards.file("train"), "rb") as src,  # hash-checked like every read
             open(tmp / "train.bin", "wb") as dst,
         ):
             for lo, hi in zip(keep_starts.tolist(), keep_ends.tolist(), strict=True):
