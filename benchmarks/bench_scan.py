@@ -38,7 +38,7 @@ if what == "bincount":
     seconds = time.perf_counter() - started
     extra = {"total": int(counts.sum())}
 else:
-    from noisylm.scan.pipeline import scan
+    from noisylm.scan import scan
     started = time.perf_counter()
     report = scan(shard_dir, out, progress=False)
     seconds = time.perf_counter() - started

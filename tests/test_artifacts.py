@@ -5,7 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +25,7 @@ from noisylm.artifacts import (
     provenance,
     read_json,
     read_jsonl,
+    remove_stale_builds,
     sha256_file,
 )
 from noisylm.errors import NoisyLMError
@@ -109,3 +115,57 @@ def test_read_jsonl_keeps_whole_objects_and_drops_a_torn_last_line(tmp_path):
     assert read_jsonl(path) == []  # not written yet
     path.write_text('{"iter": 1}\n[1, 2]\n\n{"iter": 2}\n{"iter": 3, "lo', "utf-8")
     assert read_jsonl(path) == [{"iter": 1}, {"iter": 2}]
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # exited and reaped: nothing runs under this pid (until it is reused)
+    return child.pid
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="tells a zombie by /proc")
+def test_stale_build_folders_of_dead_processes_on_this_host_are_removed(tmp_path, capsys):
+    from noisylm.artifacts import _host_tag
+
+    out, host = tmp_path / "out", _host_tag()
+    dead = _dead_pid()
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    zombie.send_signal(signal.SIGKILL)  # killed but not reaped yet: a zombie, which writes nothing
+    if sys.platform == "linux":
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            time.sleep(0.01)
+    names = {
+        "dead": f".out.tmp-{host}-{dead}-abcdefgh",
+        "zombie": f".out.tmp-{host}-{zombie.pid}-abcdefgh",
+        "live": f".out.tmp-{host}-{os.getpid()}-abcdefgh",  # this process: a build in progress
+        "other host": f".out.tmp-{host}x-{dead}-abcdefgh",  # cannot tell from here: keep
+        "old, out missing": f".out.old-{host}-{dead}-abcdefgh",  # the only complete copy: keep
+        "other output": f".outer.tmp-{host}-{dead}-abcdefgh",
+        "no owner": ".out.tmp-abcdefgh",  # an older noisylm's folder: owner unknown, keep
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part.bin").write_bytes(b"x")
+    removed = remove_stale_builds(out)
+    zombie.wait()
+    assert sorted(p.name for p in removed) == sorted([names["dead"], names["zombie"]])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "removed 2 stale build folder(s) of" in err
+    assert {p.name for p in tmp_path.iterdir()} == set(names.values()) - {names["dead"], names["zombie"]}
+
+    assert remove_stale_builds(out) == [] and capsys.readouterr().err == ""  # silent when nothing to do
+    out.mkdir()  # once the output exists, a dead run's previous version is garbage too
+    assert [p.name for p in remove_stale_builds(out)] == [names["old, out missing"]]
+
+
+def test_atomic_dir_cleans_up_before_building_and_names_its_owner(tmp_path, capsys):
+    from noisylm.artifacts import _host_tag
+
+    stale = tmp_path / f".out.tmp-{_host_tag()}-{_dead_pid()}-abcdefgh"
+    stale.mkdir()
+    with atomic_dir(tmp_path / "out") as tmp:
+        assert not stale.exists() and "removed 1 stale build folder(s)" in capsys.readouterr().err
+        assert tmp.name.startswith(f".out.tmp-{_host_tag()}-{os.getpid()}-")
+        assert remove_stale_builds(tmp_path / "out") == []  # a live build is never taken for a stale one
+        assert tmp.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -165,11 +165,10 @@ def test_fsdp_checkpoints_are_sharded_and_resume_exactly_after_sigkill(runs):
 
 def test_a_sharded_checkpoint_reads_like_any_other(runs, shakespeare_bytes, tmp_path, capsys):
     """`load_model` gathers the shards on one process: the model it returns gives the eval losses the
-    sharded model logged; eval, sample, export, extract's backbone and theory's loader take it."""
+    sharded model logged; eval, sample, export, extract's backbone and theory's/scan's loader take it."""
     from noisylm.probing.features import load_backbone
-    from noisylm.theory.measure import load_model as theory_load_model
     from noisylm.training.data import eval_windows
-    from noisylm.training.evaluate import estimate_losses
+    from noisylm.training.evaluate import estimate_losses, load_eval_model
 
     model, state, path = ckpt_io.load_model(runs["fsdp"])
     assert path.name == f"ckpt-{N_ITERS:07d}" and ckpt_io.is_sharded(path) and state["sharded"]
@@ -181,7 +180,7 @@ def test_a_sharded_checkpoint_reads_like_any_other(runs, shakespeare_bytes, tmp_
     losses = estimate_losses(model, [windows], FIELDS["batch_size"], torch.device("cpu"))
     assert losses["val"] == pytest.approx(_eval_lines(runs["fsdp"])[N_ITERS]["val"], rel=1e-6)
 
-    theory_model = theory_load_model(path)
+    theory_model = load_eval_model(runs["fsdp"], "cpu").model  # what theory and scan load
     assert all(torch.equal(a, b) for a, b in zip(theory_model.parameters(), model.parameters(), strict=True))
     backbone = load_backbone(f"noisylm:{runs['fsdp']}", device="cpu")
     assert backbone.encode(["a test"]).shape == (1, model.config.n_embd) and backbone.hash

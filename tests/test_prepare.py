@@ -5,6 +5,11 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -301,3 +306,93 @@ def test_streaming_a_long_document_in_small_pieces_keeps_tiktoken_ids(tmp_path, 
     shards = prepare([play], tmp_path / "s", tokenizer="gpt2", val_fraction=0.0, num_proc=2, progress=False)
     expected = tiktoken_gpt2.encode_ordinary(_text(play)) + [50256]
     assert np.asarray(shards.tokens("train")).tolist() == expected
+
+
+# ------------------------------------------------- commands killed outright (SIGKILL) and the next run
+
+
+def _start_paused(args: list[str], marker: Path) -> subprocess.Popen:
+    """A real `noisylm ...` process, stopped by its test hook at a known point mid-write (not a race)."""
+    env = {**os.environ, "NOISYLM_TEST_PAUSE": f"prepare.write:{marker}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "noisylm", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300  # only a guard against a hang, not a timing assertion
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"exited ({proc.returncode}) before the pause point: {proc.stderr.read().decode()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("never reached the pause point")
+        time.sleep(0.05)
+    return proc
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()  # reaped: no zombie left to look alive
+    proc.stderr.close()
+
+
+def _prepare_args(out: Path, *extra: str) -> list[str]:
+    return [
+        "prepare",
+        *map(str, _plays(2)),
+        "--out",
+        str(out),
+        "--tokenizer",
+        "bytes",
+        "--val-fraction",
+        "0.5",
+        "--quiet",
+        *extra,
+    ]
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; only its parent's reaping is pending
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through /proc")
+def test_killed_prepare_leaves_no_worker_and_the_next_run_removes_its_build_folder(tmp_path, capsys):
+    parent = tmp_path / "data"
+    out = parent / "shk"
+    proc = _start_paused(_prepare_args(out, "--num-proc", "2"), tmp_path / "paused")
+    workers = _children(proc.pid)
+    assert len(workers) >= 2 and all(_running(w) for w in workers)
+    (build,) = parent.iterdir()  # mid-write: tokens written, no manifest yet
+    assert build.name.startswith(".shk.tmp-") and (build / "train.bin").stat().st_size > 0
+    assert not (build / "manifest.json").exists()
+
+    _kill(proc)
+    deadline = time.monotonic() + 60  # bounded wait; they normally go at once (parent-death signal)
+    while any(_running(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [w for w in workers if _running(w)]
+    for pid in survivors:  # do not leak them into the rest of the test session
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
+    assert list(parent.iterdir()) == [build]  # SIGKILL: nothing could clean up
+
+    assert main(_prepare_args(out)) == 0  # the next run for the same --out
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "removed 1 stale build folder(s)" in err and build.name in err
+    assert [p.name for p in parent.iterdir()] == ["shk"]
+    assert verify(out) == []

@@ -87,3 +87,95 @@ def test_token_dtype():
 def test_unknown_tokenizer_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown tokenizer 'bpe'"):
         get_tokenizer("bpe")
+
+
+# ----------------------------------------------------------------------------- trained BPE (bpe:N)
+
+
+@pytest.fixture(scope="module")
+def python_docs_bpe():
+    from noisylm.data.corpora import bundled_corpus, iter_documents
+    from noisylm.data.tokenizers import train_bpe
+
+    docs = list(iter_documents([bundled_corpus("python-docs")]))
+    return docs, train_bpe(docs, 512)
+
+
+def test_bpe_round_trips_bundled_corpora(python_docs_bpe):
+    from noisylm.data.corpora import bundled_corpus, iter_documents
+
+    docs, tok = python_docs_bpe
+    assert (tok.name, tok.vocab_size, tok.eot_id) == ("bpe:512", 513, 512)
+    shakespeare = list(iter_documents([bundled_corpus("shakespeare")]))[:3]
+    for text in docs[:5] + shakespeare + SAMPLES:
+        ids = tok.encode(text)
+        assert max(ids, default=0) < 512  # end-of-text never comes from text
+        assert tok.decode(ids) == text
+    # The corpus it was trained on compresses: fewer tokens than bytes.
+    assert len(tok.encode(docs[0])) < 0.5 * len(docs[0].encode("utf-8"))
+
+
+def test_bpe_eot_is_plain_text_and_skipped_when_decoding(python_docs_bpe):
+    _, tok = python_docs_bpe
+    ids = tok.encode("<|endoftext|>")
+    assert tok.eot_id not in ids and tok.decode(ids) == "<|endoftext|>"
+    assert tok.decode([*tok.encode("a"), tok.eot_id, *tok.encode("b")]) == "ab"
+
+
+def test_bpe_training_is_deterministic_across_processes(tmp_path):
+    """Two trainings in separate processes (HF tokenizers has had run-to-run differences) give
+    byte-identical tokenizer files."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from noisylm.data.corpora import bundled_corpus, iter_documents\n"
+        "from noisylm.data.tokenizers import train_bpe\n"
+        "train_bpe(iter_documents([bundled_corpus('python-docs')]), 700).save(sys.argv[1])\n"
+    )
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    for out in outs:
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True)
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_bpe_file_round_trip_and_load_tokenizer(python_docs_bpe, tmp_path):
+    from noisylm.data.tokenizers import BPE_FILE, BPETokenizer, load_tokenizer
+
+    _, tok = python_docs_bpe
+    tok.save(tmp_path / BPE_FILE)
+    again = load_tokenizer("bpe:512", tmp_path)
+    assert isinstance(again, BPETokenizer) and again.sha256 == tok.sha256
+    assert again.encode(SAMPLES[1]) == tok.encode(SAMPLES[1])
+    with pytest.raises(Exception, match="holds bpe:512"):
+        load_tokenizer("bpe:600", tmp_path)
+    with pytest.raises(UsageError, match="missing"):
+        load_tokenizer("bpe:512", tmp_path / "nowhere")
+    assert load_tokenizer("bytes", None).name == "bytes"
+
+
+def test_bpe_in_transformers_gives_the_same_ids(python_docs_bpe):
+    _, tok = python_docs_bpe
+    hf = tok.to_transformers()
+    for text in SAMPLES[:5]:
+        assert hf(text)["input_ids"] == tok.encode(text)
+    assert hf.eos_token_id == tok.eot_id
+    assert hf.decode(tok.encode(SAMPLES[1])) == SAMPLES[1]
+
+
+@pytest.mark.parametrize("name", ["bpe:", "bpe:12", "bpe:x", "bpe:70000"])
+def test_bad_bpe_names(name):
+    from noisylm.data.tokenizers import parse_bpe_name
+
+    with pytest.raises(UsageError, match="bpe:N"):
+        parse_bpe_name(name)
+    with pytest.raises(UsageError):
+        get_tokenizer(name)
+
+
+def test_bpe_larger_than_the_corpus_supports_is_a_clear_error():
+    from noisylm.data.tokenizers import train_bpe
+
+    with pytest.raises(UsageError, match="supports only"):
+        train_bpe(["tiny corpus, tiny corpus"], 5000)

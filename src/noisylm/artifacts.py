@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -117,11 +119,17 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
 
     Nothing exists at ``path`` until the block has finished without error; an existing ``path``
     is refused unless ``overwrite`` and is only removed once the new one is complete.
+
+    The build folder ``.NAME.tmp-HOST-PID-XXXXXXXX`` names its owner, so a run killed outright
+    (SIGKILL, power loss), which cannot clean up after itself, is cleaned up by the next run for the
+    same ``path``: see `remove_stale_builds`.
     """
+    path = Path(path)
+    remove_stale_builds(path)
     path = check_output_dir(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_build_prefix(path, "tmp"), dir=path.parent))
         # mkdtemp makes the folder private (0700); an artifact directory gets the usual permissions.
         umask = os.umask(0)
         os.umask(umask)
@@ -131,12 +139,94 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     with _removed_on_failure(tmp, path):
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = path.with_name(_build_prefix(path, "old") + os.urandom(4).hex())
             os.replace(path, old)
             os.replace(tmp, path)
             _remove(old)
         else:
             os.replace(tmp, path)
+
+
+# The owner of a build folder is in its name, written atomically by mkdtemp, so there is no moment in
+# which a folder exists without it, and nothing extra ends up inside the finished artifact.
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+
+
+def _build_prefix(path: Path, kind: str) -> str:
+    return f".{path.name}.{kind}-{_host_tag()}-{os.getpid()}-"
+
+
+def _build_pattern(path: Path) -> re.Pattern[str]:
+    # host tags hold no "-", so the name splits unambiguously; the suffix is 8 random characters
+    return re.compile(rf"\.{re.escape(path.name)}\.(?P<kind>tmp|old)-(?P<host>\w+)-(?P<pid>\d+)-\w{{8}}")
+
+
+def remove_stale_builds(path: str | os.PathLike) -> list[Path]:
+    """Remove the build folders of ``path`` that were left by killed runs, and say so in one line.
+
+    A build folder is stale when it was made on this host by a process that no longer runs (or is a
+    zombie). Folders of live processes and of other hosts (shared file systems) are left alone, and
+    so is a leftover previous version (``.NAME.old-...``) while ``path`` itself is missing. A reused
+    pid only makes a stale folder look alive, so the worst case is a folder kept, never one removed
+    under a running command. Returns the folders removed.
+    """
+    path = Path(path)
+    pattern, host = _build_pattern(path), _host_tag()
+    try:
+        candidates = list(path.parent.iterdir())
+    except OSError:  # no parent yet, or unreadable: nothing of ours can be there
+        return []
+    removed = []
+    for folder in sorted(candidates):
+        match = pattern.fullmatch(folder.name)
+        if match is None or match["host"] != host or _process_alive(int(match["pid"])):
+            continue
+        if match["kind"] == "old" and not path.exists():
+            continue  # killed between the two renames of a swap: this is the only complete copy
+        _remove(folder)
+        removed.append(folder)
+    if removed:
+        names = ", ".join(f.name for f in removed)
+        print(
+            f"noisylm: removed {len(removed)} stale build folder(s) of {path} left by killed runs: {names}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host; unknown counts as alive (nothing is removed)."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill would terminate it there; never clean up on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    try:  # Linux: a killed process that nobody has reaped yet is a zombie; it writes nothing
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return not Path("/proc/self/stat").exists()  # gone since os.kill, unless there is no /proc
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def pause_for_tests(point: str) -> None:
+    """Test hook: with ``NOISYLM_TEST_PAUSE=POINT:FILE`` in the environment, a command that reaches
+    ``point`` creates FILE (holding its pid) and sleeps until it is killed, so a test can kill it at
+    a known stage instead of racing it. Without the variable this does nothing."""
+    wanted, _, marker = os.environ.get("NOISYLM_TEST_PAUSE", "").partition(":")
+    if wanted != point or not marker:
+        return
+    Path(marker).write_text(str(os.getpid()))
+    while True:
+        time.sleep(60)
 
 
 def _remove(path: Path) -> None:

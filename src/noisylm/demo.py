@@ -69,11 +69,11 @@ def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bo
         print(f"   {line}")
 
     if extras:
-        theory = _optional("noisylm.theory.measure", "theory")
+        theory = _optional("noisylm.theory", "theory")
         start = _step("Why: Proposition 1 against the measured runs (`noisylm theory`)")
         failures += _run_optional("theory", theory, lambda: theory(sweep_dir), start)
 
-        scan = _optional("noisylm.scan.pipeline", "scan")
+        scan = _optional("noisylm.scan", "scan")
         noisy = sweep_dir / "data" / "uniform-a0.2"
         start = _step(f"Your data: `noisylm scan` on the 20% noisy demo corpus ({noisy})")
         failures += _run_optional("scan", scan, lambda: scan(noisy, out=out / "scan", overwrite=True), start)

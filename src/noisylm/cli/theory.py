@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _theory(args: argparse.Namespace) -> int:
     from noisylm.artifacts import read_json
-    from noisylm.theory.measure import TheoryConfig, theory
+    from noisylm.theory import TheoryConfig, theory
 
     config = TheoryConfig(
         k=args.k,

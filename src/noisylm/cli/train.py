@@ -24,9 +24,12 @@ metrics.jsonl, checkpoints/, tb/ and, last, summary.json.
 
 
 class _TrainParser(argparse.ArgumentParser):
-    """`noisylm train`'s parser: an unknown --key is an error that lists the valid TrainConfig keys."""
+    """`noisylm train`'s parser. Its --FIELD options come from `TrainConfig` and are added on first use:
+    importing `noisylm.training` loads torch, which every other `noisylm` command should not wait for.
+    An unknown --key is an error that lists the valid TrainConfig keys."""
 
     def parse_known_args(self, args=None, namespace=None):
+        self._add_config_fields()
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:
             from noisylm.training.config import TrainConfig
@@ -35,10 +38,41 @@ class _TrainParser(argparse.ArgumentParser):
             self.error(f"unknown config key or argument {' '.join(extras)}; valid keys: {valid}")
         return namespace, extras
 
+    def format_usage(self) -> str:
+        self._add_config_fields()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._add_config_fields()
+        return super().format_help()
+
+    def _add_config_fields(self) -> None:
+        if getattr(self, "_config_fields_added", False):
+            return
+        self._config_fields_added = True
+        from noisylm.configs.fields import check_of, help_text
+        from noisylm.training.config import TrainConfig
+
+        group = self.add_argument_group("TrainConfig fields (override the config file)")
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(TrainConfig):
+            if f.name == "eval_sets":
+                continue  # --eval-set NAME=DIR
+            choices = getattr(check_of(f), "choices", None)
+            flag = bool in (hints[f.name], *typing.get_args(hints[f.name]))  # --compile alone means true
+            group.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                *([f"--{f.name}"] if "_" in f.name else []),
+                dest=f"cfg_{f.name}",
+                metavar="{" + ",".join(map(str, choices)) + "}" if choices else _metavar(hints[f.name]),
+                nargs="?" if flag else None,
+                const="true" if flag else None,
+                default=argparse.SUPPRESS,
+                help=help_text(f),
+            )
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from noisylm.training.config import TrainConfig  # light: no torch import at module level
-
     p = subparsers.add_parser(
         "train",
         help="pre-train a GPT on a shard set (one process, or DDP under torchrun)",
@@ -47,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=TRAIN_EPILOG,
         formatter_class=HelpFormatter,
     )
-    p.__class__ = _TrainParser  # add_parser cannot take a parser class per subcommand
+    p.__class__ = _TrainParser  # add_parser cannot take a parser class per subcommand; adds --FIELD options
     p.add_argument("config", nargs="?", help="TOML/YAML/JSON file of TrainConfig fields")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -59,23 +93,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME=DIR",
         help="extra eval set (a shard set's val split); repeatable",
     )
-    fields = p.add_argument_group("TrainConfig fields (override the config file; see its docstring)")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "eval_sets":
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        flag = bool in (hints[f.name], *typing.get_args(hints[f.name]))  # --compile alone means true
-        fields.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            *([f"--{f.name}"] if "_" in f.name else []),
-            dest=f"cfg_{f.name}",
-            metavar=_metavar(hints[f.name]),
-            nargs="?" if flag else None,
-            const="true" if flag else None,
-            default=argparse.SUPPRESS,
-            help=f"(default: {default})",
-        )
     p.set_defaults(handler=_train)
 
     e = subparsers.add_parser(

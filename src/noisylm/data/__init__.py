@@ -4,7 +4,7 @@
 (`prepare`: streaming, multiprocess tokenization into shards) → `shards` (`ShardSet`: the manifest,
 reading, verification) → `noise` (the samplers: uniform, boosted, gaussian, histogram, mojibake, corpus)
 → `injection` (`inject`: noise into a shard set at proportion α) and `statistics` (`stats`: token
-counts, entropy).
+priors, Fig. 8; the counts are `ShardSet.token_counts`, the entropy `entropy_nats`).
 """
 
 # Eager on purpose: a lazy __getattr__ would be shadowed by the submodule of the same name
@@ -14,8 +14,8 @@ from noisylm.data.corpora import BUNDLED, bundled_corpora, bundled_corpus, iter_
 from noisylm.data.injection import InjectConfig, inject
 from noisylm.data.noise import NOISE_KINDS, generate_noise, make_sampler
 from noisylm.data.preparation import PrepareConfig, merge, prepare
-from noisylm.data.shards import MANIFEST, ShardSet, verify
-from noisylm.data.statistics import stats, token_counts
+from noisylm.data.shards import MANIFEST, ShardSet, entropy_nats, verify
+from noisylm.data.statistics import stats
 from noisylm.data.tokenizers import TOKENIZERS, get_tokenizer
 
 __all__ = [
@@ -37,5 +37,5 @@ __all__ = [
     "InjectConfig",
     "inject",
     "stats",
-    "token_counts",
+    "entropy_nats",
 ]

@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from noisylm.artifacts import atomic_dir, provenance, sha256_file
+from noisylm.artifacts import atomic_dir, pause_for_tests, provenance, sha256_file
 from noisylm.data.noise import NOISE_KINDS, make_sampler
 from noisylm.data.shards import MANIFEST, ShardSet, write_manifest
 from noisylm.errors import UsageError
@@ -116,7 +116,7 @@ def inject(
         cfg.kind,
         noise_vocab(parent),
         np.random.default_rng(noise_seq),
-        tokenizer=parent.tokenizer,
+        tokenizer=parent.load_tokenizer() if cfg.kind == "mojibake" else parent.tokenizer,
         **cfg.params,
     )
     insertions = _placement(parent, cfg, n_noise, np.random.default_rng(place_seq))
@@ -125,7 +125,8 @@ def inject(
         train_hash, noise_hash, spans, noise_eots = _write_train(
             parent, sampler, noise_seq, insertions, tmp / "train.bin", tmp / "noise.bin", progress
         )
-        shutil.copyfile(parent.path / parent.splits["val"].file, tmp / "val.bin")
+        shutil.copyfile(parent.file("val"), tmp / "val.bin")
+        parent.copy_tokenizer_to(tmp)
         splits = {
             "train": {
                 "file": "train.bin",
@@ -336,7 +337,7 @@ def _write_train(
 
     src_map = None
     try:
-        with open(parent.path / parent.splits["train"].file, "rb") as src:
+        with open(parent.file("train"), "rb") as src:
             src_map = mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) if clean else None
             copied = 0  # clean tokens written so far
             out_pos = 0
@@ -361,6 +362,7 @@ def _write_train(
                     noise_eots += int(np.count_nonzero(noise == parent.eot_id))
                     written += len(noise)
                     bar.update(len(data))
+                    pause_for_tests("inject.write")
                 if spans and spans[-1][0] + spans[-1][1] == out_pos:
                     spans[-1][1] += length  # adjacent noise documents form one span
                 else:

@@ -259,7 +259,7 @@ class MojibakeSampler(NoiseSampler):
         self,
         vocab_size: int,
         rng: np.random.Generator,
-        tokenizer: str | None = None,
+        tokenizer: Any = None,
         text: str = "python-docs",
         variants: list[str] | tuple[str, ...] = DEFAULT_MOJIBAKE,
         min_bytes: int = 64,
@@ -273,8 +273,8 @@ class MojibakeSampler(NoiseSampler):
 
         super().__init__(vocab_size, rng)
         if tokenizer is None:
-            raise UsageError("kind 'mojibake' needs the tokenizer name (tokenizer='gpt2' or 'bytes')")
-        self.tokenizer = get_tokenizer(tokenizer)
+            raise UsageError("kind 'mojibake' needs the tokenizer (tokenizer='gpt2', 'bytes' or a Tokenizer)")
+        self.tokenizer = get_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
         self.variants: list[tuple[str, str]] = []
         for v in variants:
             source, _, codec = str(v).partition("->")
@@ -339,9 +339,7 @@ class MojibakeSampler(NoiseSampler):
 class CorpusSampler(NoiseSampler):
     kind = "corpus"
 
-    def __init__(
-        self, vocab_size: int, rng: np.random.Generator, tokenizer: str | None = None, source: Any = None
-    ):
+    def __init__(self, vocab_size: int, rng: np.random.Generator, tokenizer: Any = None, source: Any = None):
         from noisylm.artifacts import sha256_file
         from noisylm.data.shards import MANIFEST, ShardSet
 
@@ -349,6 +347,7 @@ class CorpusSampler(NoiseSampler):
         if source is None:
             raise UsageError("kind 'corpus' needs a prepared shard set; pass --source DIR")
         shards = ShardSet.open(source)
+        tokenizer = getattr(tokenizer, "name", tokenizer)  # a Tokenizer or its name
         if tokenizer is not None and shards.tokenizer != tokenizer:
             raise UsageError(
                 f"--source {source} uses tokenizer {shards.tokenizer!r}, the shard set {tokenizer!r}; "
@@ -408,7 +407,8 @@ SAMPLERS: dict[str, type[NoiseSampler]] = {
 def make_sampler(kind: str, vocab_size: int, rng: np.random.Generator, **params: Any) -> NoiseSampler:
     """A noise stream of ``kind`` over [0, vocab_size); ``params`` as in the module docstring.
 
-    ``tokenizer`` (a name) is used by ``mojibake`` and checked by ``corpus``; other kinds ignore it.
+    ``tokenizer`` (a `Tokenizer` or a name) is used by ``mojibake`` and checked by ``corpus``; other
+    kinds ignore it.
     """
     if kind not in SAMPLERS:
         raise UsageError(f"unknown noise kind {kind!r}; choose one of: {', '.join(NOISE_KINDS)}")

@@ -19,12 +19,18 @@ split assignment as an unsharded run); `merge` concatenates shard sets in the or
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
+import functools
 import hashlib
 import math
 import multiprocessing
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,10 +38,19 @@ from typing import Any
 
 import numpy as np
 
-from noisylm.artifacts import atomic_dir, atomic_write_json, provenance, sha256_file
+from noisylm.artifacts import atomic_dir, pause_for_tests, provenance, sha256_file
 from noisylm.data.corpora import bundled_corpus, iter_pieces, resolve_inputs
-from noisylm.data.shards import MANIFEST, SHARD_FORMAT, ShardSet
-from noisylm.data.tokenizers import TOKENIZERS, get_tokenizer, token_dtype
+from noisylm.data.shards import MANIFEST, SHARD_FORMAT, ShardSet, write_manifest
+from noisylm.data.tokenizers import (
+    BPE_FILE,
+    TOKENIZERS,
+    BPETokenizer,
+    Tokenizer,
+    get_tokenizer,
+    parse_bpe_name,
+    token_dtype,
+    train_bpe,
+)
 from noisylm.errors import NoisyLMError, UsageError
 
 BATCH_CHARS = 1 << 20
@@ -45,7 +60,10 @@ BATCH_CHARS = 1 << 20
 class PrepareConfig:
     """How `prepare` turns text into shards.
 
-    tokenizer:      "gpt2" (GPT-2 BPE, 50257 ids) or "bytes" (257 ids, for CPU-sized runs)
+    tokenizer:      "gpt2" (GPT-2 BPE, 50257 ids), "bytes" (257 ids, for CPU-sized runs) or "bpe:N"
+                    (a byte-level BPE of N ordinary ids trained on this corpus's training documents)
+    tokenizer_from: a shard set whose trained tokenizer to reuse (so that a second corpus shares its
+                    ids); its name replaces ``tokenizer``
     val_fraction:   share of documents in the validation split, in [0, 1)
     seed:           seeds the validation assignment (see module docstring)
     num_proc:       tokenizer processes (1 = tokenize in this process)
@@ -57,6 +75,7 @@ class PrepareConfig:
     """
 
     tokenizer: str = "gpt2"
+    tokenizer_from: str | None = None
     val_fraction: float = 0.1
     seed: int = 0
     num_proc: int = 1
@@ -67,8 +86,10 @@ class PrepareConfig:
     shard_index: int = 0
 
     def __post_init__(self) -> None:
-        if self.tokenizer not in TOKENIZERS:
-            raise UsageError(f"unknown tokenizer {self.tokenizer!r}; choose one of: {', '.join(TOKENIZERS)}")
+        if self.tokenizer not in TOKENIZERS and parse_bpe_name(self.tokenizer) is None:
+            raise UsageError(
+                f"unknown tokenizer {self.tokenizer!r}; choose one of: {', '.join(TOKENIZERS)}, bpe:N"
+            )
         if not 0.0 <= self.val_fraction < 1.0:
             raise UsageError(f"--val-fraction {self.val_fraction} is outside [0, 1); use e.g. 0.1")
         if self.num_proc < 1:
@@ -103,15 +124,18 @@ def prepare(
         raise UsageError("give either input paths or --corpus, not both")
     paths = [bundled_corpus(corpus)] if corpus is not None else list(inputs or [])
     files = resolve_inputs(paths)
-    tokenizer = get_tokenizer(cfg.tokenizer)
+    tokenizer = _tokenizer_for(files, cfg)
     dtype = token_dtype(tokenizer.vocab_size)
     record_config = {**asdict(cfg), "inputs": [str(p) for p in paths], "corpus": corpus}
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        trained = isinstance(tokenizer, BPETokenizer)
+        if trained:
+            tokenizer.save(tmp / BPE_FILE)
         writers = {s: _SplitWriter(tmp / f"{s}.bin", dtype) for s in ("train", "val")}
         source_docs = [0] * len(files)
         try:
-            _tokenize_into(files, cfg, writers, source_docs, progress)
+            _tokenize_into(files, cfg, _spec(tokenizer), writers, source_docs, progress)
         finally:
             for w in writers.values():
                 w.close()
@@ -138,6 +162,7 @@ def prepare(
             "vocab_size": tokenizer.vocab_size,
             "eot_id": tokenizer.eot_id,
             "dtype": dtype.name,
+            **({"tokenizer_file": BPE_FILE, "tokenizer_sha256": tokenizer.sha256} if trained else {}),
             "splits": {name: w.record() for name, w in writers.items()},
             "sources": sources,
             "val_fraction": cfg.val_fraction,
@@ -146,7 +171,7 @@ def prepare(
             "noise": None,
             "provenance": provenance(record_config, cfg.seed),
         }
-        atomic_write_json(tmp / MANIFEST, manifest)
+        write_manifest(tmp / MANIFEST, manifest)
     return ShardSet.open(out)
 
 
@@ -206,11 +231,47 @@ def _batches(files: list[Path], cfg: PrepareConfig, source_docs: list[int]):
         yield batch, size
 
 
-def _encode_batch(
-    tokenizer_name: str, batch: list[tuple[str, bool, bool]]
-) -> tuple[np.ndarray, np.ndarray, int, int]:
+def _tokenizer_for(files: list[Path], cfg: PrepareConfig) -> Tokenizer:
+    """The named tokenizer, the one of ``tokenizer_from``, or a ``bpe:N`` trained here on the training
+    documents (the same split assignment as the shards, so validation text never shapes the ids)."""
+    if cfg.tokenizer_from is not None:
+        source = ShardSet.open(cfg.tokenizer_from)
+        tokenizer = source.load_tokenizer()
+        cfg.tokenizer = tokenizer.name
+        return tokenizer
+    size = parse_bpe_name(cfg.tokenizer)
+    if size is None:
+        return get_tokenizer(cfg.tokenizer)
+
+    def training_documents() -> Iterator[str]:
+        parts: list[str] = []
+        for batch, _ in _batches(files, cfg, [0] * len(files)):
+            for text, ends, is_val in batch:
+                if not is_val:
+                    parts.append(text)
+                if ends:
+                    if parts:
+                        yield "".join(parts)
+                    parts = []
+        if parts:
+            yield "".join(parts)
+
+    return train_bpe(training_documents(), size)
+
+
+def _spec(tokenizer: Tokenizer) -> str:
+    """What a worker needs to rebuild ``tokenizer``: its name, or a trained BPE's JSON."""
+    return tokenizer.json_text if isinstance(tokenizer, BPETokenizer) else tokenizer.name
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_tokenizer(spec: str) -> Tokenizer:
+    return BPETokenizer.from_json(spec) if spec.startswith("{") else get_tokenizer(spec)
+
+
+def _encode_batch(spec: str, batch: list[tuple[str, bool, bool]]) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Worker: ids of a batch, split into (train ids, val ids, train docs, val docs)."""
-    tok = get_tokenizer(tokenizer_name)
+    tok = _worker_tokenizer(spec)
     dtype = token_dtype(tok.vocab_size)
     eot = np.array([tok.eot_id], dtype=dtype)
     parts: dict[bool, list[np.ndarray]] = {False: [], True: []}
@@ -238,9 +299,29 @@ def _mp_context():
     return multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Tokenizer worker initializer: die with `prepare`. A parent killed outright (SIGKILL) cannot shut
+    its pool down, and its workers would sleep on their task queue forever."""
+    if sys.platform == "linux":
+        # the kernel sends SIGKILL when the parent exits; prctl(PR_SET_PDEATHSIG = 1, SIGKILL)
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before that took effect
+        os._exit(1)
+    # Everywhere (and in case the forking thread, not the process, is what the kernel watches): poll.
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
+    while os.getppid() == parent_pid:  # an orphan is re-parented, so its parent pid changes
+        time.sleep(interval)
+    os._exit(1)
+
+
 def _tokenize_into(
     files: list[Path],
     cfg: PrepareConfig,
+    spec: str,
     writers: dict[str, _SplitWriter],
     source_docs: list[int],
     progress: bool | None,
@@ -261,18 +342,24 @@ def _tokenize_into(
         writers["train"].write(train, n_train)
         writers["val"].write(val, n_val)
         bar.update(chars)
+        pause_for_tests("prepare.write")
 
     batches = _batches(files, cfg, source_docs)
     try:
         if cfg.num_proc == 1:
             for batch, chars in batches:
-                write(_encode_batch(cfg.tokenizer, batch), chars)
+                write(_encode_batch(spec, batch), chars)
             return
-        get_tokenizer(cfg.tokenizer)  # build once here; forked workers inherit it
+        _worker_tokenizer(spec)  # build once here; forked workers inherit it
         in_flight: collections.deque[tuple[Future, int]] = collections.deque()
-        with ProcessPoolExecutor(max_workers=cfg.num_proc, mp_context=_mp_context()) as pool:
+        with ProcessPoolExecutor(
+            max_workers=cfg.num_proc,
+            mp_context=_mp_context(),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             for batch, chars in batches:
-                in_flight.append((pool.submit(_encode_batch, cfg.tokenizer, batch), chars))
+                in_flight.append((pool.submit(_encode_batch, spec, batch), chars))
                 if len(in_flight) >= 2 * cfg.num_proc + 2:
                     future, n = in_flight.popleft()
                     write(future.result(), n)
@@ -292,7 +379,12 @@ def merge(
     sets = [ShardSet.open(p) for p in inputs]
     first = sets[0]
     for s in sets[1:]:
-        if (s.tokenizer, s.vocab_size, s.dtype) != (first.tokenizer, first.vocab_size, first.dtype):
+        same_bpe = s.manifest.get("tokenizer_sha256") == first.manifest.get("tokenizer_sha256")
+        if (s.tokenizer, s.vocab_size, s.dtype) != (
+            first.tokenizer,
+            first.vocab_size,
+            first.dtype,
+        ) or not same_bpe:
             raise NoisyLMError(
                 f"{s.path} uses tokenizer {s.tokenizer!r} but {first.path} uses {first.tokenizer!r}; "
                 "merge only shard sets prepared with the same tokenizer"
@@ -301,6 +393,7 @@ def merge(
         if s.noise is not None:
             raise NoisyLMError(f"{s.path} holds injected noise; merge clean sets, then run `noisylm inject`")
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        first.copy_tokenizer_to(tmp)
         splits = {}
         for split in ("train", "val"):
             writer = _SplitWriter(tmp / f"{split}.bin", first.dtype)
@@ -320,6 +413,7 @@ def merge(
             "vocab_size": first.vocab_size,
             "eot_id": first.eot_id,
             "dtype": first.dtype.name,
+            **first.tokenizer_record(),
             "splits": splits,
             "sources": [src for s in sets for src in s.manifest.get("sources", [])],
             "val_fraction": first.manifest.get("val_fraction"),
@@ -330,5 +424,5 @@ def merge(
             "noise": None,
             "provenance": provenance({"inputs": [str(p) for p in inputs]}, first.manifest.get("seed")),
         }
-        atomic_write_json(tmp / MANIFEST, manifest)
+        write_manifest(tmp / MANIFEST, manifest)
     return ShardSet.open(out)

@@ -5,16 +5,24 @@ A shard set is a directory::
     train.bin      uint16 (or uint32) token ids, documents separated by the end-of-text id (nanoGPT format)
     val.bin        same, the validation split
     noise.bin      only in sets made by `noisylm inject`: the injected noise alone
-    manifest.json  tokenizer, vocab size, dtype, per-split token/document counts and sha256,
-                   sources, seed, noise record (kind, α, spans), provenance
+    manifest.json  tokenizer, vocab size, dtype, per-split token/document counts, sha256, size and
+                   mtime_ns, sources, seed, noise record (kind, α, spans), provenance
 
 nanoGPT reads ``train.bin`` unchanged with ``np.memmap(path, dtype=np.uint16, mode="r")``.
+
+Integrity: `ShardSet.tokens` / `ShardSet.file` (what training, injection, scanning and the other
+stages read through) check a split against the sha256 in the manifest before handing it out, once
+per opened set. A file whose size and ``mtime_ns`` still equal the manifest's is trusted without
+hashing; any other file (or a manifest that records no size/mtime) is re-hashed, streamed. An edit
+that keeps the size and restores the mtime (``os.utime``) is therefore not seen there; `verify`
+always re-hashes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +45,8 @@ class SplitInfo:
     tokens: int
     documents: int | None
     sha256: str | None
+    bytes: int | None = None  # file size and mtime when the manifest was written: if both still
+    mtime_ns: int | None = None  # match, the sha256 is trusted without re-hashing the file
 
 
 class ShardSet:
@@ -61,6 +71,8 @@ class ShardSet:
                     tokens=int(info["tokens"]),
                     documents=info.get("documents"),
                     sha256=info.get("sha256"),
+                    bytes=info.get("bytes"),
+                    mtime_ns=info.get("mtime_ns"),
                 )
                 for name, info in manifest["splits"].items()
             }
@@ -68,6 +80,7 @@ class ShardSet:
             raise NoisyLMError(
                 f"manifest {path / MANIFEST} is missing or has a bad field ({exc}); regenerate the shard set"
             ) from None
+        self._checked: set[str] = set()  # splits whose hash has been checked
 
     @classmethod
     def open(cls, path: str | os.PathLike, check_sizes: bool = True) -> ShardSet:
@@ -107,12 +120,42 @@ class ShardSet:
         return split in self.splits
 
     def tokens(self, split: str) -> np.ndarray:
-        """The split's token ids as a read-only memmap."""
+        """The split's token ids as a read-only memmap, after `file` has checked its hash."""
+        self.file(split)
+        return self._memmap(split)
+
+    def file(self, split: str) -> Path:
+        """The path of the split's file, checked against the manifest's sha256 first (once per opened
+        set). Unchanged size and mtime_ns mean unchanged content; otherwise the file is re-hashed."""
+        info = self._split(split)
+        file = self.path / info.file
+        if split in self._checked or info.sha256 is None:
+            return file
+        try:
+            stat = file.stat()
+        except OSError as exc:
+            raise NoisyLMError(
+                f"cannot read {file}: {exc.strerror or exc}; regenerate the shard set"
+            ) from None
+        unchanged = (info.bytes, info.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+        if not unchanged and sha256_file(file) != info.sha256:
+            raise NoisyLMError(
+                f"{file} does not match the sha256 in {self.path / MANIFEST}: it changed or is corrupt; "
+                f"run `noisylm verify {self.path}` and regenerate the shard set"
+            )
+        self._checked.add(split)
+        return file
+
+    def _split(self, split: str) -> SplitInfo:
         if split not in self.splits:
             raise NoisyLMError(
                 f"shard set {self.path} has no split {split!r} (it has {', '.join(self.splits)})"
             )
-        info = self.splits[split]
+        return self.splits[split]
+
+    def _memmap(self, split: str) -> np.ndarray:
+        """The split's token ids as a read-only memmap, unchecked (for `verify`, which hashes itself)."""
+        info = self._split(split)
         if info.tokens == 0:
             return np.zeros(0, dtype=self.dtype)
         return np.memmap(self.path / info.file, dtype=self.dtype, mode="r")
@@ -139,13 +182,72 @@ class ShardSet:
                 mask[lo - start : hi - start] = False
         return mask
 
+    def token_counts(self, split: str, chunk_tokens: int = 1 << 24) -> np.ndarray:
+        """How often each id in [0, vocab_size) occurs in ``split``: int64, one streamed pass over the
+        memmap, ``chunk_tokens`` at a time (bounded memory). An id >= vocab_size is a corrupt shard."""
+        tokens = self.tokens(split)
+        counts = np.zeros(self.vocab_size, dtype=np.int64)
+        for lo in range(0, len(tokens), chunk_tokens):
+            part = np.bincount(np.asarray(tokens[lo : lo + chunk_tokens]), minlength=self.vocab_size)
+            if len(part) > self.vocab_size:
+                file = self.path / self.splits[split].file
+                raise NoisyLMError(
+                    f"{file} holds token id {len(part) - 1}, but ids >= vocab size {self.vocab_size} are no "
+                    "tokens: the shard set is corrupt, run `noisylm verify` and regenerate it"
+                )
+            counts += part
+        return counts
+
     def __repr__(self) -> str:
         counts = ", ".join(f"{s.name}={s.tokens:,}" for s in self.splits.values())
         return f"ShardSet({str(self.path)!r}, tokenizer={self.tokenizer!r}, {counts})"
 
+    def tokenizer_record(self) -> dict[str, Any]:
+        """The manifest fields of a trained tokenizer's file (empty for named tokenizers), for the
+        manifests of shard sets derived from this one (inject, merge)."""
+        return {k: self.manifest[k] for k in ("tokenizer_file", "tokenizer_sha256") if k in self.manifest}
+
+    def copy_tokenizer_to(self, directory: Path) -> None:
+        """Copy a trained tokenizer's file next to a derived artifact (noisy shards, a run directory)."""
+        if "tokenizer_file" in self.manifest:
+            shutil.copyfile(
+                self.path / self.manifest["tokenizer_file"], Path(directory) / self.manifest["tokenizer_file"]
+            )
+
+    def load_tokenizer(self):
+        """The `Tokenizer` these shards were made with (a trained ``bpe:N`` from its ``tokenizer.json``)."""
+        from noisylm.data.tokenizers import load_tokenizer
+
+        return load_tokenizer(self.tokenizer, self.path)
+
+
+def entropy_nats(counts: np.ndarray) -> float:
+    """Entropy (nats) of the unigram distribution of ``counts`` (e.g. `ShardSet.token_counts`): log V for
+    uniform noise over V ids; 0 for no tokens."""
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    p = counts[counts > 0] / total
+    return float(-(p * np.log(p)).sum())
+
 
 def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Write ``manifest.json`` atomically, indented, with the noise spans compact on one line."""
+    """Write ``manifest.json`` atomically, indented, with the noise spans compact on one line.
+
+    Each split whose file sits next to ``path`` gets its current size (``bytes``) and ``mtime_ns``
+    recorded, so readers can trust its sha256 while both stay the same: write the manifest last.
+    """
+    folder = Path(path).parent
+    splits = manifest.get("splits")
+    if isinstance(splits, dict):
+        stamped = {}
+        for name, info in splits.items():
+            file = folder / info["file"] if isinstance(info, dict) and "file" in info else None
+            if file is not None and file.is_file():
+                stat = file.stat()
+                info = {**info, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            stamped[name] = info
+        manifest = {**manifest, "splits": stamped}
     record = manifest.get("noise")
     spans = record.get("spans") if isinstance(record, dict) else None
     if spans is None:
@@ -165,7 +267,7 @@ def verify(path: str | os.PathLike, chunk_tokens: int = 1 << 24) -> list[str]:
     the spans are sorted, disjoint and inside train.bin, that noise.bin equals the spans' tokens in
     order, and that the token counts and achieved α agree. Reads in chunks (bounded memory).
     """
-    from noisylm.data.tokenizers import TOKENIZERS, token_dtype
+    from noisylm.data.tokenizers import BPE_FILE, TOKENIZERS, token_dtype
 
     path = Path(path)
     try:
@@ -173,13 +275,26 @@ def verify(path: str | os.PathLike, chunk_tokens: int = 1 << 24) -> list[str]:
     except NoisyLMError as exc:
         return [str(exc)]
     problems: list[str] = []
-    tok_cls = TOKENIZERS.get(shards.tokenizer)
-    if tok_cls is None:
+    tok_sizes: tuple[int, int] | None = None
+    if shards.tokenizer.startswith("bpe:"):
+        try:
+            tok = shards.load_tokenizer()
+            tok_sizes = (tok.vocab_size, tok.eot_id)
+            recorded = shards.manifest.get("tokenizer_sha256")
+            if recorded is not None and recorded != tok.sha256:
+                problems.append(
+                    f"{path / BPE_FILE} sha256 differs from the manifest; it changed or is corrupt"
+                )
+        except NoisyLMError as exc:
+            problems.append(str(exc))
+    elif shards.tokenizer in TOKENIZERS:
+        tok_sizes = (TOKENIZERS[shards.tokenizer].vocab_size, TOKENIZERS[shards.tokenizer].eot_id)
+    else:
         problems.append(f"manifest names unknown tokenizer {shards.tokenizer!r}")
-    elif (tok_cls.vocab_size, tok_cls.eot_id) != (shards.vocab_size, shards.eot_id):
+    if tok_sizes is not None and tok_sizes != (shards.vocab_size, shards.eot_id):
         problems.append(
             f"manifest says vocab_size={shards.vocab_size}, eot_id={shards.eot_id}; tokenizer "
-            f"{shards.tokenizer!r} has {tok_cls.vocab_size}, {tok_cls.eot_id}"
+            f"{shards.tokenizer!r} has {tok_sizes[0]}, {tok_sizes[1]}"
         )
     if shards.dtype != token_dtype(shards.vocab_size):
         problems.append(f"dtype {shards.dtype} does not match vocab size {shards.vocab_size}")
@@ -198,7 +313,7 @@ def verify(path: str | os.PathLike, chunk_tokens: int = 1 << 24) -> list[str]:
         file = path / split.file
         if split.sha256 is not None and sha256_file(file) != split.sha256:
             problems.append(f"{file} sha256 differs from the manifest; the file changed or is corrupt")
-        tokens = shards.tokens(split.name)
+        tokens = shards._memmap(split.name)
         eots, top = 0, -1
         for lo in range(0, len(tokens), chunk_tokens):
             chunk = np.asarray(tokens[lo : lo + chunk_tokens])
@@ -257,7 +372,7 @@ def _verify_noise(shards: ShardSet, record: dict[str, Any], readable: set[str], 
             f"noise.bin holds {shards.splits['noise'].tokens} tokens; the spans hold {noise_tokens}"
         )
     elif {"train", "noise"} <= readable and not problems:
-        train, noise = shards.tokens("train"), shards.tokens("noise")
+        train, noise = shards._memmap("train"), shards._memmap("noise")
         pos = 0
         for offset, length in spans:
             for lo in range(0, int(length), chunk):

@@ -6,8 +6,8 @@ so (a) clean data, (b) noise and (c) validation can be compared as in Fig. 8. Co
 memmaps in chunks (bounded memory).
 
 Writes to ``out`` (default ``DIR/stats``): ``token_priors.png``, ``stats.md`` (a table) and
-``stats.json`` (tokens, documents = end-of-text ids, distinct ids, entropy in bits, top ids with their
-text, noise record summary).
+``stats.json`` (tokens, documents = end-of-text ids, distinct ids, entropy in nats, top ids with their
+text, noise record summary). Counting is `ShardSet.token_counts`, the entropy `shards.entropy_nats`.
 """
 
 from __future__ import annotations
@@ -19,34 +19,10 @@ from typing import Any
 import numpy as np
 
 from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, provenance
-from noisylm.data.shards import ShardSet
-from noisylm.errors import NoisyLMError
+from noisylm.data.shards import ShardSet, entropy_nats
 from noisylm.plotting import save_png
 
 TOP_K = 8
-
-
-def token_counts(shards: ShardSet, split: str, chunk: int = 1 << 24) -> np.ndarray:
-    """How often each id in [0, vocab_size) occurs in ``split`` (int64, streamed)."""
-    tokens = shards.tokens(split)
-    counts = np.zeros(shards.vocab_size, dtype=np.int64)
-    for lo in range(0, len(tokens), chunk):
-        part = np.bincount(np.asarray(tokens[lo : lo + chunk]), minlength=shards.vocab_size)
-        if len(part) > shards.vocab_size:
-            raise NoisyLMError(
-                f"{shards.path / shards.splits[split].file} holds ids >= vocab size {shards.vocab_size}; "
-                "run `noisylm verify` and regenerate the shard set"
-            )
-        counts += part
-    return counts
-
-
-def entropy_bits(counts: np.ndarray) -> float:
-    total = counts.sum()
-    if total == 0:
-        return 0.0
-    p = counts[counts > 0] / total
-    return float(-(p * np.log2(p)).sum())
 
 
 def stats(dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -54,20 +30,19 @@ def stats(dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[
 
     Returns {"splits": {...}, "noise": {...} | None, "table": markdown, "figure": png path, "json": path}.
     """
-    from noisylm.data.tokenizers import get_tokenizer
 
     shards = ShardSet.open(dir)
     out = Path(out) if out is not None else shards.path / "stats"
-    tokenizer = get_tokenizer(shards.tokenizer)
+    tokenizer = shards.load_tokenizer()
 
     priors: dict[str, np.ndarray] = {}
-    train = token_counts(shards, "train")
+    train = shards.token_counts("train")
     if shards.has("noise"):
-        priors["noise"] = token_counts(shards, "noise")
+        priors["noise"] = shards.token_counts("noise")
         priors["train (clean)"] = train - priors["noise"]
     else:
         priors["train"] = train
-    priors["val"] = token_counts(shards, "val")
+    priors["val"] = shards.token_counts("val")
     priors = {k: priors[k] for k in ("train", "train (clean)", "noise", "val") if k in priors}
 
     summary: dict[str, Any] = {}
@@ -77,7 +52,7 @@ def stats(dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[
         summary[name] = {
             "tokens": total,
             "distinct_ids": int(np.count_nonzero(counts)),
-            "entropy_bits": round(entropy_bits(counts), 4),
+            "entropy_nats": round(entropy_nats(counts), 4),
             "top": [
                 {
                     "id": int(i),
@@ -124,7 +99,7 @@ def _table(shards: ShardSet, summary: dict[str, Any], noise: dict[str, Any] | No
     lines = [
         f"Shard set `{shards.path}` (tokenizer {shards.tokenizer}, vocab {shards.vocab_size})",
         "",
-        "| tokens of | tokens | documents | distinct ids | entropy (bits) | most frequent ids (share) |",
+        "| tokens of | tokens | documents | distinct ids | entropy (nats) | most frequent ids (share) |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for name, s in summary.items():
@@ -133,7 +108,7 @@ def _table(shards: ShardSet, summary: dict[str, Any], noise: dict[str, Any] | No
         docs = s["documents"]
         lines.append(
             f"| {name} | {s['tokens']:,} | {docs:,} | {s['distinct_ids']:,} "
-            f"| {s['entropy_bits']:.3f} | {top} |"
+            f"| {s['entropy_nats']:.3f} | {top} |"
         )
     if noise:
         lines += [

@@ -4,22 +4,31 @@
   shipped in ``noisylm/assets/gpt2`` (no network, no cache directory). Ids equal tiktoken's ``gpt2``.
 - ``bytes``: UTF-8 bytes (ids 0..255) plus an end-of-text token (256): a 257-token vocabulary that
   lets CPU-sized experiments train in minutes.
+- ``bpe:N``: a byte-level BPE of N ordinary ids (plus end-of-text = N) trained on the corpus itself with
+  Hugging Face ``tokenizers`` (`train_bpe`). Unlike bytes, a small corpus then uses almost its whole
+  vocabulary, as GPT-2 does on web text, which is what the paper's noise arguments assume. It lives as a
+  ``tokenizer.json`` file inside the shard set (and every run directory trained on it).
 
-Both expose the same small interface (`Tokenizer`), so shards record only the tokenizer's name.
+All expose the same small interface (`Tokenizer`). Shards record the tokenizer's name; a trained one
+also its file and that file's sha256 (`load_tokenizer`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
+import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
-from noisylm.errors import UsageError
+from noisylm.errors import NoisyLMError, UsageError
 
 try:  # GPT-2's pre-tokenisation regex, exactly as tiktoken's `gpt2` encoding uses it
     from tiktoken_ext.openai_public import r50k_pat_str as GPT2_PATTERN
@@ -141,12 +150,152 @@ def _gpt2_mergeable_ranks() -> dict[bytes, int]:
     return ranks
 
 
+BPE_FILE = "tokenizer.json"  # a trained BPE's file name inside a shard set or a run directory
+BPE_MIN_IDS = 256  # the byte alphabet: every byte must stay encodable
+
+
+class BPETokenizer(Tokenizer):
+    """A byte-level BPE trained on the corpus (`train_bpe`): ids 0..N-1 ordinary, N = end-of-text.
+
+    End-of-text is kept outside the Hugging Face tokenizer's vocabulary while encoding, so that the text
+    ``<|endoftext|>`` inside a document is plain text, as it is for the other tokenizers."""
+
+    def __init__(self, hf_tokenizer, *, json_text: str | None = None) -> None:
+        self._tok = hf_tokenizer
+        self.n_ordinary = hf_tokenizer.get_vocab_size(with_added_tokens=False)
+        self.name = f"bpe:{self.n_ordinary}"
+        self.vocab_size = self.n_ordinary + 1
+        self.eot_id = self.n_ordinary
+        self.json_text = json_text if json_text is not None else hf_tokenizer.to_str()
+
+    @classmethod
+    def from_json(cls, json_text: str) -> BPETokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return cls(HFTokenizer.from_str(json_text), json_text=json_text)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> BPETokenizer:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            return cls.from_json(text)
+        except FileNotFoundError:
+            raise UsageError(f"tokenizer file {path} is missing; prepare the shards again") from None
+        except Exception as exc:  # tokenizers raises plain Exception on a malformed file
+            raise UsageError(f"tokenizer file {path} is not a valid tokenizer.json ({exc})") from None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.json_text.encode("utf-8")).hexdigest()
+
+    def save(self, path: str | os.PathLike) -> None:
+        from noisylm.artifacts import atomic_path
+
+        with atomic_path(Path(path)) as tmp:
+            Path(tmp).write_text(self.json_text, encoding="utf-8")
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids if int(i) < self.n_ordinary], skip_special_tokens=False)
+
+    def to_transformers(self):
+        """A `transformers.PreTrainedTokenizerFast` with the same ids and ``<|endoftext|>`` = eot_id."""
+        from tokenizers import AddedToken
+        from tokenizers import Tokenizer as HFTokenizer
+        from transformers import PreTrainedTokenizerFast
+
+        hf = HFTokenizer.from_str(self.json_text)
+        hf.add_special_tokens([AddedToken(GPT2_EOT, special=True, normalized=False)])
+        if hf.token_to_id(GPT2_EOT) != self.eot_id:
+            raise NoisyLMError(f"end-of-text would get id {hf.token_to_id(GPT2_EOT)}, not {self.eot_id}")
+        return PreTrainedTokenizerFast(
+            tokenizer_object=hf, bos_token=GPT2_EOT, eos_token=GPT2_EOT, unk_token=GPT2_EOT
+        )
+
+
+def parse_bpe_name(name: str) -> int | None:
+    """N for ``bpe:N``, None for any other tokenizer name; a malformed ``bpe:`` name is an error."""
+    if not name.startswith("bpe:"):
+        return None
+    size = name[4:]
+    if not size.isdigit() or int(size) < BPE_MIN_IDS or int(size) >= 1 << 16:
+        raise UsageError(
+            f"tokenizer {name!r}: use bpe:N with N ordinary ids, {BPE_MIN_IDS} <= N < 65536 (e.g. bpe:2048)"
+        )
+    return int(size)
+
+
+def train_bpe(documents: Iterable[str], n_ids: int) -> BPETokenizer:
+    """Train a byte-level BPE of ``n_ids`` ordinary ids on ``documents`` with Hugging Face `tokenizers`.
+
+    GPT-2's pre-tokenisation (byte-level with its regex, no prefix space) and the full byte alphabet, so
+    any text stays encodable. Deterministic for the same documents and ``n_ids``: training runs on one
+    thread (`tokenizers` merges ties in thread order otherwise) and documents are fed in order.
+    """
+    parse_bpe_name(f"bpe:{n_ids}")
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=n_ids,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+        show_progress=False,
+    )
+    with _single_threaded_tokenizers():
+        tok.train_from_iterator(documents, trainer=trainer)
+    got = tok.get_vocab_size(with_added_tokens=False)
+    if got != n_ids:
+        raise UsageError(
+            f"the corpus supports only {got} BPE ids, fewer than the {n_ids} asked for; use bpe:{got} or "
+            "more text"
+        )
+    return BPETokenizer(tok)
+
+
+@contextlib.contextmanager
+def _single_threaded_tokenizers() -> Iterator[None]:
+    previous = os.environ.get("RAYON_NUM_THREADS")
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("RAYON_NUM_THREADS", None)
+        else:
+            os.environ["RAYON_NUM_THREADS"] = previous
+
+
+def load_tokenizer(name: str, directory: str | os.PathLike | None = None) -> Tokenizer:
+    """The tokenizer a shard set or run directory records: ``gpt2``/``bytes`` by name, a trained
+    ``bpe:N`` from ``directory/tokenizer.json`` (checked against the name)."""
+    if parse_bpe_name(name) is None:
+        return get_tokenizer(name)
+    if directory is None:
+        raise UsageError(f"tokenizer {name!r} is trained per corpus; it needs the shard set's {BPE_FILE}")
+    tok = BPETokenizer.from_file(Path(directory) / BPE_FILE)
+    if tok.name != name:
+        raise NoisyLMError(f"{Path(directory) / BPE_FILE} holds {tok.name}, but {name} was recorded")
+    return tok
+
+
 TOKENIZERS: dict[str, type[Tokenizer]] = {"gpt2": GPT2Tokenizer, "bytes": ByteTokenizer}
 
 
 @functools.cache
 def get_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer called ``name`` ("gpt2" or "bytes"); built once per process."""
+    """The tokenizer called ``name`` ("gpt2" or "bytes"); built once per process. A trained ``bpe:N``
+    lives in a file: use `load_tokenizer`."""
+    if name.startswith("bpe:"):
+        raise UsageError(f"tokenizer {name!r} is trained per corpus; load it with its shard set")
     try:
         cls = TOKENIZERS[name]
     except KeyError:

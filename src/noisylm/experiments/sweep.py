@@ -437,14 +437,21 @@ def _prepare_data(config: SweepConfig, out: Path, grid: list[RunSpec]) -> dict[s
 
     clean = _corpus(config.data, out / "data" / "clean", config.tokenizer)
     clean_set = ShardSet.open(clean)
-    # Bundled domains are tokenized like the clean corpus, whichever way that was prepared.
+    # Bundled domains are tokenized like the clean corpus, whichever way that was prepared (a trained
+    # BPE is reused from the clean shard set, so that every domain shares its ids).
+    trained = clean if clean_set.tokenizer_record() else None
     domains = {
-        name: _corpus(source, out / "data" / name, clean_set.tokenizer)
+        name: _corpus(source, out / "data" / name, clean_set.tokenizer, tokenizer_from=trained)
         for name, source in config.domains.items()
     }
     for name, path in domains.items():
         other = ShardSet.open(path)
-        if other.tokenizer != clean_set.tokenizer or other.vocab_size != clean_set.vocab_size:
+        if (
+            other.tokenizer != clean_set.tokenizer
+            or other.vocab_size != clean_set.vocab_size
+            or other.tokenizer_record().get("tokenizer_sha256")
+            != clean_set.tokenizer_record().get("tokenizer_sha256")
+        ):
             raise NoisyLMError(
                 f"domain {name!r} ({path}) uses tokenizer {other.tokenizer} but the clean corpus uses "
                 f"{clean_set.tokenizer}; prepare both with the same --tokenizer"
@@ -461,7 +468,7 @@ def _prepare_data(config: SweepConfig, out: Path, grid: list[RunSpec]) -> dict[s
     return {"clean": clean, "domains": domains, "noisy": noisy}
 
 
-def _corpus(source: str, target: Path, tokenizer: str) -> Path:
+def _corpus(source: str, target: Path, tokenizer: str, tokenizer_from: Path | None = None) -> Path:
     """A shard set for ``source``: an existing prepared directory, or a bundled corpus prepared once."""
     path = Path(source).expanduser()
     if (path / "manifest.json").is_file():
@@ -477,7 +484,14 @@ def _corpus(source: str, target: Path, tokenizer: str) -> Path:
         from noisylm.data.preparation import prepare
 
         print(f"preparing bundled corpus {source} ({tokenizer}) -> {target}", file=sys.stderr)
-        prepare(None, target, corpus=source, tokenizer=tokenizer, overwrite=True)
+        prepare(
+            None,
+            target,
+            corpus=source,
+            tokenizer=tokenizer,
+            tokenizer_from=str(tokenizer_from) if tokenizer_from else None,
+            overwrite=True,
+        )
     return target
 
 

@@ -9,7 +9,14 @@ extraction into a feature cache) → `heads` (linear, MLP) and `lgm` (the Local 
 # (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
 
 from noisylm.probing.datasets import BUILTIN_DATASETS, LabelledDataset, load_dataset
-from noisylm.probing.features import ExtractConfig, extract, load_backbone, load_features, parse_backbone
+from noisylm.probing.features import (
+    ExtractConfig,
+    extract,
+    load_backbone,
+    load_features,
+    parse_backbone,
+    register_backbone,
+)
 from noisylm.probing.heads import LinearHead, MLPHead, make_head
 from noisylm.probing.lgm import LGMLoss, lgm_penalty
 from noisylm.probing.protocol import ProbeConfig, probe
@@ -23,6 +30,7 @@ __all__ = [
     "load_features",
     "load_backbone",
     "parse_backbone",
+    "register_backbone",
     "LinearHead",
     "MLPHead",
     "make_head",

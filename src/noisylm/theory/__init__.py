@@ -1,12 +1,15 @@
 """Why: Proposition 1 and Lemma 1 as executable code, confronted with measured runs.
 
-`formulas` (the paper's Sec. 3.3 and App. B as pure float64 functions) → `measure` (k and ε measured on
-a sweep's checkpoints, Lemma 1 on shards, predicted vs measured, the report section).
+`formulas` (the paper's Sec. 3.3 and App. B as pure float64 functions); for `noisylm theory SWEEP_DIR`:
+`config` (`TheoryConfig`) → `runs` (reading the sweep) → `measure` (k and ε measured on its checkpoints,
+predicted vs measured) and `lemma1` (Lemma 1 on the real mixed shards) → `figures` (Figs. 7a, 7b, 9) →
+`section` (tables, the report section, the `theory` entry point).
 """
 
 # Eager on purpose: a lazy __getattr__ would be shadowed by the submodule of the same name
 # (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
 
+from noisylm.theory.config import TheoryConfig
 from noisylm.theory.formulas import (
     Proposition1,
     alpha_threshold,
@@ -31,7 +34,7 @@ from noisylm.theory.formulas import (
     prob_from_loss,
     proposition1,
 )
-from noisylm.theory.measure import TheoryConfig, theory
+from noisylm.theory.section import theory
 
 __all__ = [
     "prob_from_loss",

@@ -11,7 +11,13 @@ Small components, each in its own module: `config` (the dataclass, TOML/YAML/JSO
 # (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
 
 from noisylm.training.config import TrainConfig, load_config, parse_overrides
-from noisylm.training.evaluate import evaluate_checkpoint
+from noisylm.training.evaluate import (
+    EvalModel,
+    evaluate_checkpoint,
+    load_eval_model,
+    stream_token_losses,
+    token_losses,
+)
 from noisylm.training.export import export_hf
 from noisylm.training.sampling import sample
 from noisylm.training.trainer import train
@@ -22,6 +28,10 @@ __all__ = [
     "parse_overrides",
     "train",
     "evaluate_checkpoint",
+    "EvalModel",
+    "load_eval_model",
+    "token_losses",
+    "stream_token_losses",
     "sample",
     "export_hf",
 ]

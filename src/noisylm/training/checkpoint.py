@@ -300,3 +300,17 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def load_checkpoint_tokenizer(state: dict[str, Any], ckpt: Path, vocab_size: int | None = None) -> Any:
+    """The tokenizer a checkpoint was trained with: ``gpt2``/``bytes`` by name, a trained ``bpe:N`` from
+    the ``tokenizer.json`` the trainer copied into the run directory (``RUN/checkpoints/ckpt-N``)."""
+    from noisylm.data.tokenizers import BPE_FILE, load_tokenizer
+
+    name = (state.get("data") or {}).get("tokenizer")
+    if name is None:  # checkpoints from before the data record named it
+        name = "bytes" if vocab_size is not None and vocab_size <= 257 else "gpt2"
+    ckpt = Path(ckpt)
+    places = (ckpt, ckpt.parent, ckpt.parent.parent)  # ckpt-N/, checkpoints/, the run directory
+    directory = next((d for d in places if (d / BPE_FILE).is_file()), places[-1])
+    return load_tokenizer(name, directory)

@@ -6,12 +6,12 @@ import dataclasses
 import json
 import os
 import re
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from noisylm.configs.fields import Check, above, at_least, between, one_of, setting, validate
 from noisylm.errors import UsageError
 
 if TYPE_CHECKING:
@@ -28,166 +28,138 @@ _EVAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class TrainConfig:
     """A training run. Defaults follow the paper's recipe (App. D.2) at CPU scale.
 
-    Data
-        data: shard set directory to train on (`noisylm prepare` / `noisylm inject`). Required.
-        eval_sets: extra named eval sets, ``{name: shard set directory}``; each is evaluated on its
-            ``val`` split (e.g. a second domain, Fig. 4). ``val`` (the clean validation split) and
-            ``noise`` (``noise.bin`` of a noisy training set) are always evaluated.
-        sampler: "paired" (default): clean windows come from one seeded sequence over the clean tokens,
-            identical for every run with the same ``data_seed``; a noisy set replaces windows by noise
-            windows at rate α (its noise token share), drawn from a separate stream, so runs of a sweep
-            differ only by the noise (common random numbers). "uniform": windows start anywhere in
-            train.bin, uniformly (nanoGPT and the paper).
-        data_seed: seed of the training windows; None = ``seed``.
-
-    Model
-        model: preset name (gpt2-124m, gpt2-350m, gpt2-774m, small, tiny).
-        n_layer, n_head, n_embd, block_size, dropout, bias: override the preset's value when set.
-        vocab_size: None = the shard set's vocabulary; when set it must equal it.
-
-    Optimisation
-        batch_size: windows per micro-batch (per process).
-        grad_accum: micro-batches per iteration over all processes (divided by the world size under
-            DDP), so one iteration is ``batch_size * grad_accum * block_size`` tokens regardless of it.
-        max_iters: optimizer steps.
-        learning_rate, min_lr: peak and final learning rate of the cosine schedule (paper 6e-4 → 6e-5).
-        warmup_iters: linear warm-up steps from 0 to ``learning_rate``.
-        lr_decay_iters: step at which the cosine reaches ``min_lr``; None = ``max_iters``.
-        decay_lr: False keeps ``learning_rate`` constant after warm-up.
-        weight_decay, beta1, beta2: AdamW (decay on matrices only), paper 0.1, 0.9, 0.95.
-        grad_clip: clip the global gradient norm to this value; 0 disables clipping.
-
-    Evaluation
-        eval_interval: evaluate every this many iterations (and at the end).
-        eval_iters: batches of ``batch_size`` windows per eval set; the windows are fixed (drawn from
-            ``eval_seed``), identical across iterations and runs.
-        eval_seed: seed of the eval windows.
-        eval_at_start: also evaluate the initial model (iteration 0).
-
-    System
-        device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N", "mps".
-        dtype: "auto" (bfloat16 autocast where supported, float16 + grad scaler on GPUs without bf16,
-            else float32), "float32", "bfloat16", "float16".
-        compile: torch.compile the model; "auto" (default) = on CUDA GPUs, off elsewhere.
-        seed: seeds the initial weights and dropout (and the data when ``data_seed`` is None).
-        threads: torch intra-op threads on CPU; None = PyTorch's default.
-        ce_chunk_tokens: positions per chunk of the output layer + cross-entropy.
-
-    Logging and checkpoints
-        log_interval: write a train line to metrics.jsonl every this many iterations; its
-            ``train_loss`` is the mean over the micro-batches since the previous line.
-        checkpoint_interval: save a checkpoint every this many iterations (always at the end);
-            0 = only at the end.
-        keep_checkpoints: how many of the newest checkpoints to keep.
-        tensorboard: write TensorBoard event files to ``tb/``.
-        wandb_project, wandb_run_name: log to Weights & Biases too (needs ``pip install wandb``).
-        progress: show a progress bar with loss, tokens/s and ETA.
+    Every field documents itself (`noisylm.configs.fields.setting`): `noisylm train --help` and the
+    README's `train` table show the docs. ``sampler = "paired"`` means: clean windows come from one
+    seeded sequence over the clean tokens, identical for every run with the same ``data_seed``; a noisy
+    set replaces windows by noise windows at rate α (its noise token share), drawn from a separate
+    stream, so runs of a sweep differ only by the noise (common random numbers).
     """
 
     # data
-    data: str = ""
-    eval_sets: dict[str, str] = field(default_factory=dict)
-    sampler: str = "paired"
-    data_seed: int | None = None
+    data: str = setting(
+        "", "shard set directory to train on (`noisylm prepare` / `noisylm inject`); required"
+    )
+    eval_sets: dict[str, str] = setting(
+        doc="extra eval sets `{name: shard set directory}`, each evaluated on its `val` split (e.g. a second "
+        "domain, Fig. 4); `val` (clean validation) and `noise` (a noisy set's `noise.bin`) always are",
+        default_factory=dict,
+    )
+    sampler: str = setting(
+        "paired",
+        "`paired`: the same clean windows in the same order in every run with this `data_seed`, noise "
+        "windows at rate α in between (common random numbers); `uniform`: anywhere in train.bin (nanoGPT)",
+        one_of(SAMPLERS),
+    )
+    data_seed: int | None = setting(None, "seed of the training windows; none = `seed`")
     # model
-    model: str = "small"
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_embd: int | None = None
-    block_size: int | None = None
-    dropout: float | None = None
-    bias: bool | None = None
-    vocab_size: int | None = None
+    model: str = setting("small", "model preset: gpt2-124m, gpt2-350m, gpt2-774m, small or tiny")
+    n_layer: int | None = setting(None, "transformer blocks; none = the preset's")
+    n_head: int | None = setting(None, "attention heads (must divide `n_embd`); none = the preset's")
+    n_embd: int | None = setting(None, "embedding width; none = the preset's")
+    block_size: int | None = setting(None, "context length in tokens; none = the preset's")
+    dropout: float | None = setting(None, "dropout probability, in [0, 1); none = the preset's")
+    bias: bool | None = setting(None, "biases in the linear layers and LayerNorms; none = the preset's")
+    vocab_size: int | None = setting(None, "none = the shard set's vocabulary; when set it must equal it")
     # optimisation
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_iters: int = 1000
-    learning_rate: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_iters: int = 100
-    lr_decay_iters: int | None = None
-    decay_lr: bool = True
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    batch_size: int = setting(16, "windows per micro-batch (per process)", at_least(1))
+    grad_accum: int = setting(
+        1,
+        "micro-batches per iteration over all processes (divided by the world size under DDP): one "
+        "iteration is `batch_size·grad_accum·block_size` tokens, whatever the number of processes",
+        at_least(1),
+    )
+    max_iters: int = setting(1000, "optimizer steps", at_least(1))
+    learning_rate: float = setting(
+        6e-4, "peak learning rate: linear warm-up to it, then cosine decay to `min_lr` (App. D.2)", above(0)
+    )
+    min_lr: float = setting(
+        6e-5, "final learning rate of the cosine schedule; at most `learning_rate`", at_least(0)
+    )
+    warmup_iters: int = setting(100, "linear warm-up steps from 0 to `learning_rate`", at_least(0))
+    lr_decay_iters: int | None = setting(
+        None, "step at which the cosine reaches `min_lr`; none = `max_iters`", at_least(1)
+    )
+    decay_lr: bool = setting(True, "false keeps `learning_rate` constant after warm-up")
+    weight_decay: float = setting(0.1, "AdamW weight decay, on weight matrices only (paper 0.1)", at_least(0))
+    beta1: float = setting(0.9, "AdamW β1 (paper 0.9)", between(0, 1))
+    beta2: float = setting(0.95, "AdamW β2 (paper 0.95)", between(0, 1))
+    grad_clip: float = setting(
+        1.0, "clip the global gradient norm to this value; 0 disables clipping", at_least(0)
+    )
     # evaluation
-    eval_interval: int = 100
-    eval_iters: int = 8
-    eval_seed: int = 1234
-    eval_at_start: bool = True
+    eval_interval: int = setting(100, "evaluate every this many iterations (and at the end)", at_least(1))
+    eval_iters: int = setting(
+        8,
+        "batches of `batch_size` windows per eval set, drawn once from `eval_seed`: the same windows at "
+        "every evaluation and in every run",
+        at_least(1),
+    )
+    eval_seed: int = setting(1234, "seed of the eval windows")
+    eval_at_start: bool = setting(True, "also evaluate the initial model (iteration 0)")
     # system
-    device: str = "auto"
-    dtype: str = "auto"
-    compile: bool | str = "auto"
-    seed: int = 1337
-    threads: int | None = None
-    ce_chunk_tokens: int = 512
+    device: str = setting("auto", "`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:N` or `mps`")
+    dtype: str = setting(
+        "auto",
+        "`auto` = bfloat16 autocast on GPUs that support it and on CPUs with AMX, float16 with a grad "
+        "scaler on older GPUs, else float32; or `float32`, `bfloat16` (autocast), `float16` (GPU)",
+        one_of(DTYPES),
+    )
+    compile: bool | str = setting(
+        "auto",
+        "torch.compile the model: `true`, `false` or `auto` (on CUDA GPUs; off elsewhere, where it is not "
+        "faster and runs keep their eager numbers)",
+        Check("true, false or auto", lambda value: value in (True, False, "auto")),
+    )
+    seed: int = setting(1337, "seeds the initial weights and dropout (and the data when `data_seed` is none)")
+    threads: int | None = setting(
+        None, "torch intra-op threads on CPU; none = PyTorch's default", at_least(1)
+    )
+    ce_chunk_tokens: int = setting(
+        512, "positions per chunk of the output layer + cross-entropy (bounds its memory)", at_least(1)
+    )
     # logging and checkpoints
-    log_interval: int = 1
-    checkpoint_interval: int = 250
-    keep_checkpoints: int = 2
-    tensorboard: bool = True
-    wandb_project: str | None = None
-    wandb_run_name: str | None = None
-    progress: bool = True
-    # parallelism: how several processes (torchrun) share the work. "ddp": every process holds the whole
-    # model, gradients are all-reduced. "fsdp": weights, gradients and AdamW state are sharded over the
-    # processes (FSDP2: one unit per transformer block, then the root) and checkpoints are sharded
-    # (torch.distributed.checkpoint); use it when the model does not fit one GPU with DDP.
-    parallelism: str = "ddp"
-    # max_bad_steps: a step whose loss or gradients are not finite is skipped (it never reaches the
-    # weights, the AdamW state or a checkpoint); this many consecutive skipped steps stop the run.
-    max_bad_steps: int = 10
+    log_interval: int = setting(
+        1,
+        "write a train line to metrics.jsonl every this many iterations (its `train_loss` is the mean "
+        "over the steps taken since the previous line); between lines the host never waits for the GPU",
+        at_least(1),
+    )
+    checkpoint_interval: int = setting(
+        250, "save a checkpoint every this many iterations, and at the end; 0 = only at the end", at_least(0)
+    )
+    keep_checkpoints: int = setting(2, "how many of the newest checkpoints to keep", at_least(1))
+    tensorboard: bool = setting(True, "write TensorBoard event files to `tb/`")
+    wandb_project: str | None = setting(
+        None, "also log to this Weights & Biases project (needs `pip install wandb`); none = off"
+    )
+    wandb_run_name: str | None = setting(None, "Weights & Biases run name; none = wandb's own")
+    progress: bool = setting(True, "show a progress bar with loss, tokens/s and ETA")
+    parallelism: str = setting(
+        "ddp",
+        "with several processes (torchrun): `ddp` copies the model to each; `fsdp` shards weights, gradients "
+        "and AdamW state (FSDP2, a unit per block) and writes sharded checkpoints",
+        one_of(PARALLELISMS),
+    )
+    max_bad_steps: int = setting(
+        10,
+        "a step with a non-finite loss or gradient is skipped (it never reaches the weights); this many "
+        "in a row stop the run",
+        at_least(1),
+    )
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(TrainConfig)
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _check_type(f.name, getattr(self, f.name), hints[f.name]))
+        validate(self)  # types and each field's check
         if not self.data:
             raise UsageError("config has no `data`; set data = the shard set directory to train on")
-        if self.sampler not in SAMPLERS:
-            raise UsageError(f"sampler {self.sampler!r} is not valid; use one of: {', '.join(SAMPLERS)}")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"dtype {self.dtype!r} is not valid; use one of: {', '.join(DTYPES)}")
-        from noisylm.model import PRESETS  # imports torch: only when a config is built
-
-        if self.model not in PRESETS:
-            raise UsageError(f"unknown model preset {self.model!r}; choose one of: {', '.join(PRESETS)}")
-        positive = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval")
-        positive += ("keep_checkpoints", "ce_chunk_tokens")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_iters", "checkpoint_interval", "weight_decay", "grad_clip", "min_lr"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"threads must be >= 1, got {self.threads}")
-        if not self.learning_rate > 0:
-            raise UsageError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.min_lr > self.learning_rate:
             raise UsageError(f"min_lr {self.min_lr} is above learning_rate {self.learning_rate}; lower it")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
-            raise UsageError(f"lr_decay_iters must be >= 1, got {self.lr_decay_iters}")
         for name in self.eval_sets:
             if name in RESERVED_EVAL_NAMES or not _EVAL_NAME.match(name):
                 raise UsageError(
                     f"eval set name {name!r} is reserved or invalid; use letters, digits, '-', '_', '.' "
                     f"and not {'/'.join(RESERVED_EVAL_NAMES)}"
                 )
-        if self.compile not in (True, False, "auto"):
-            raise UsageError(f"compile must be true, false or auto, got {self.compile!r}")
-        if self.parallelism not in PARALLELISMS:
-            raise UsageError(
-                f"parallelism {self.parallelism!r} is not valid; use one of: {', '.join(PARALLELISMS)}"
-            )
-        if self.max_bad_steps < 1:
-            raise UsageError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
-        self.model_config(vocab_size=self.vocab_size or 50257)  # validates the model fields
+        self.model_config(vocab_size=self.vocab_size or 50257)  # the model fields, the preset name included
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The preset with this config's overrides, for a vocabulary of ``vocab_size`` tokens."""
@@ -211,49 +183,6 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}")
         return cls(**values)
-
-
-def _check_type(name: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a field annotation (int, float, bool, str, X | None, dict[str, str])."""
-    args = typing.get_args(annotation)
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _check_type(name, value, inner[0])
-        for kind in inner:  # bool | str (compile = true | "auto"): the first type that fits
-            try:
-                return _check_type(name, value, kind)
-            except UsageError:
-                pass
-        kinds = " or ".join(getattr(kind, "__name__", str(kind)) for kind in inner)
-        raise UsageError(f"{name} must be {kinds}, got {value!r}")
-    if typing.get_origin(annotation) is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise UsageError(f"{name} must be a table of name = path, got {value!r}")
-        return {
-            k: str(v) if isinstance(v, os.PathLike) else _check_type(f"{name}.{k}", v, str)
-            for k, v in value.items()
-        }
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():  # 1e4 in YAML/TOML
-            return int(value)
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif annotation is str:
-        if isinstance(value, os.PathLike):
-            return str(value)
-        if isinstance(value, str):
-            return value
-    kind = getattr(annotation, "__name__", str(annotation))
-    raise UsageError(f"{name} must be {kind}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,9 +1,16 @@
-"""Next-token-prediction loss on named token sets: during training and on demand."""
+"""Next-token-prediction loss: during training (`estimate_losses`) and of a checkpoint on demand.
+
+`load_eval_model` (a checkpoint on its device, in eval mode, with its autocast) and `token_losses` (the
+per-token losses of fixed windows) are the one place where a trained model is evaluated token by token:
+`evaluate_checkpoint` (`noisylm eval`), the model detector of `noisylm scan` and `noisylm theory` use them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +69,110 @@ def parse_eval_sets(items: list[str]) -> dict[str, str]:
     return out
 
 
+@dataclass
+class EvalModel:
+    """A checkpoint's GPT ready for evaluation: on its device, in eval mode, with the autocast context of
+    the requested dtype, its trainer state and the checkpoint directory it came from."""
+
+    model: GPT
+    state: dict[str, Any]
+    path: Path
+    device: torch.device
+    autocast: contextlib.AbstractContextManager
+
+
+def load_eval_model(ckpt: str | os.PathLike, device: str = "auto", dtype: str = "float32") -> EvalModel:
+    """Load a checkpoint (or a run directory's newest one) for evaluation: ``device`` and ``dtype`` as
+    `noisylm.runtime` resolves them ("auto", "cpu", "cuda", ...; "float32", "bfloat16", ...)."""
+    from noisylm.runtime import autocast_context, resolve_device, resolve_dtype
+    from noisylm.training.checkpoint import load_model
+
+    dev = resolve_device(device)
+    ctx = autocast_context(dev, resolve_dtype(dtype, dev))
+    model, state, path = load_model(ckpt, dev)
+    model.eval()
+    return EvalModel(model, state, path, dev, ctx)
+
+
+@torch.no_grad()
+def token_losses(
+    model: GPT,
+    tokens: np.ndarray,
+    starts: np.ndarray | Sequence[int],
+    *,
+    length: int | None = None,
+    batch_size: int = 16,
+    wrap: bool = False,
+    autocast: contextlib.AbstractContextManager | None = None,
+    out: np.ndarray | None = None,
+    progress: bool | None = False,
+) -> np.ndarray:
+    """Next-token losses (nats) of ``model`` on the windows ``tokens[s : s + length + 1]``.
+
+    Entry ``[i, j]`` is −log p(tokens[s_i + j + 1] | tokens[s_i : s_i + j + 1]): every window is its own
+    context, ``length`` (default: the model's block size) predictions long. With ``wrap`` a window
+    continues cyclically past the end of ``tokens``. Windows go through the model ``batch_size`` at a
+    time, on the model's device, inside ``autocast``. Returns float64 of shape (windows, length), or
+    fills ``out`` (any float dtype of that shape: the model's float32 values are stored exactly).
+    """
+    from tqdm import tqdm
+
+    length = model.config.block_size if length is None else int(length)
+    starts = np.asarray(starts, dtype=np.int64)
+    if out is None:
+        out = np.empty((len(starts), length), dtype=np.float64)
+    device = next(model.parameters()).device
+    offsets = np.arange(length + 1)
+    for i in tqdm(range(0, len(starts), batch_size), desc="model loss", disable=not progress):
+        chunk = starts[i : i + batch_size]
+        if wrap:
+            rows = np.asarray(tokens[(chunk[:, None] + offsets[None, :]) % len(tokens)], dtype=np.int64)
+        else:
+            rows = np.stack([np.asarray(tokens[s : s + length + 1], dtype=np.int64) for s in chunk])
+        batch = torch.from_numpy(rows).to(device)
+        with autocast or contextlib.nullcontext():
+            losses = model.token_losses(batch[:, :-1], batch[:, 1:])
+        out[i : i + len(rows)] = losses.double().cpu().numpy()
+    return out
+
+
+def stream_token_losses(
+    model: GPT,
+    tokens: np.ndarray,
+    *,
+    length: int | None = None,
+    batch_size: int = 16,
+    autocast: contextlib.AbstractContextManager | None = None,
+    out: np.ndarray | None = None,
+    progress: bool | None = False,
+) -> np.ndarray:
+    """The loss of every token of ``tokens`` but the first, each predicted exactly once.
+
+    The stream is cut into consecutive windows of ``length`` predictions (default: the block size; the
+    last window is shorter), so entry ``i`` = −log p(token i+1 | the tokens before it in its window).
+    Returns float32 of length ``len(tokens) − 1``, or fills ``out`` (that length).
+    """
+    length = model.config.block_size if length is None else int(length)
+    predictions = max(len(tokens) - 1, 0)
+    if out is None:
+        out = np.empty(predictions, dtype=np.float32)
+    full = predictions // length
+    options = {"batch_size": batch_size, "autocast": autocast}
+    token_losses(
+        model,
+        tokens,
+        np.arange(full, dtype=np.int64) * length,
+        length=length,
+        out=out[: full * length].reshape(full, length),
+        progress=progress,
+        **options,
+    )
+    tail = predictions - full * length
+    if tail:  # the last, shorter window
+        token_losses(model, tokens, [full * length], length=tail, out=out[full * length :][None], **options)
+    return out
+
+
 @torch.no_grad()
 def evaluate_checkpoint(
     ckpt: str | os.PathLike,
@@ -83,9 +194,6 @@ def evaluate_checkpoint(
 
     Returns ``{"checkpoint", "iter", "split", "eval": {name: {"loss", "tokens"}}}``.
     """
-    from noisylm.runtime import autocast_context, resolve_device, resolve_dtype
-    from noisylm.training.checkpoint import load_model
-
     if not eval_sets:
         raise UsageError("no eval sets given; pass --on NAME=DIR (a shard set directory)")
     if max_tokens is not None and max_tokens < 2:
@@ -98,11 +206,8 @@ def evaluate_checkpoint(
             raise UsageError(f"per-token output {per_token_path} must end in .npz")
         if per_token_path.exists() and not overwrite:
             raise NoisyLMError(f"output {per_token_path} already exists; pass --overwrite to replace it")
-    dev = resolve_device(device)
-    model, state, path = load_model(ckpt, dev)
-    model.eval()
-    ctx = autocast_context(dev, resolve_dtype(dtype, dev))
-    block = model.config.block_size
+    loaded = load_eval_model(ckpt, device, dtype)
+    model, state = loaded.model, loaded.state
     tokenizer = state.get("data", {}).get("tokenizer")
     results, arrays = {}, {}
     for name, directory in eval_sets.items():
@@ -117,28 +222,14 @@ def evaluate_checkpoint(
         n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
         if n < 2:
             raise NoisyLMError(f"split {split!r} of {directory} has {n} tokens; it needs at least 2")
-        losses = np.empty(n - 1, dtype=np.float32)
-        starts = list(range(0, n - 1, block))
-        for i in range(0, len(starts), batch_size):
-            group = starts[i : i + batch_size]
-            full = [s for s in group if s + block + 1 <= n]
-            rest = [s for s in group if s + block + 1 > n]  # the last, shorter window
-            for rows, length in ((full, block), *(([s], n - 1 - s) for s in rest)):
-                if not rows:
-                    continue
-                data = np.stack([np.asarray(tokens[s : s + length + 1]) for s in rows]).astype(np.int64)
-                data = torch.from_numpy(data).to(dev)
-                with ctx:
-                    token_losses = model.token_losses(data[:, :-1], data[:, 1:]).float().cpu().numpy()
-                for row, s in enumerate(rows):
-                    losses[s : s + length] = token_losses[row]
+        losses = stream_token_losses(model, tokens[:n], batch_size=batch_size, autocast=loaded.autocast)
         results[name] = {"loss": float(losses.astype(np.float64).mean()), "tokens": int(n - 1)}
         arrays[name] = losses
     if per_token_path is not None:
         with atomic_path(per_token_path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
     return {
-        "checkpoint": str(path),
+        "checkpoint": str(loaded.path),
         "iter": state.get("iter"),
         "split": split,
         "eval": results,

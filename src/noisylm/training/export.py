@@ -21,20 +21,23 @@ from noisylm.errors import NoisyLMError
 
 
 def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``out`` (config.json, model.safetensors, and for gpt2-tokenizer models vocab.json,
-    merges.txt and the tokenizer config) loadable with ``GPT2LMHeadModel.from_pretrained(out)``."""
+    """Write ``out`` (config.json, model.safetensors, and the tokenizer: GPT-2's vocab.json + merges.txt,
+    or a trained ``bpe:N`` as a `PreTrainedTokenizerFast`) loadable with
+    ``GPT2LMHeadModel.from_pretrained(out)`` and ``AutoTokenizer.from_pretrained(out)``."""
     try:
         import transformers
     except ModuleNotFoundError:
         raise NoisyLMError("export needs transformers; pip install 'noisylm[hf]'") from None
     from noisylm.artifacts import check_output_dir
-    from noisylm.training.checkpoint import load_model
+    from noisylm.training.checkpoint import load_checkpoint_tokenizer, load_model
 
     check_output_dir(out, overwrite)
     model, state, path = load_model(ckpt, "cpu")
     cfg = model.config
     tokenizer = state.get("data", {}).get("tokenizer")
-    eot = 50256 if tokenizer == "gpt2" else cfg.vocab_size - 1
+    trained = tokenizer is not None and tokenizer.startswith("bpe:")
+    bpe = load_checkpoint_tokenizer(state, path, cfg.vocab_size) if trained else None
+    eot = 50256 if tokenizer == "gpt2" else bpe.eot_id if bpe is not None else cfg.vocab_size - 1
     hf_config = transformers.GPT2Config(
         vocab_size=cfg.vocab_size,
         n_positions=cfg.block_size,
@@ -56,6 +59,10 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, overwrite: bool =
         hf_model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer == "gpt2":
             _write_gpt2_tokenizer(tmp, cfg.block_size)
+        elif bpe is not None:
+            fast = bpe.to_transformers()
+            fast.model_max_length = cfg.block_size
+            fast.save_pretrained(tmp)
         atomic_write_json(
             tmp / "noisylm_export.json",
             {

@@ -25,9 +25,8 @@ def sample(
     is greedy decoding; ``top_k`` keeps only the k most likely tokens (None = all). The tokenizer is
     the one the checkpoint's training data used. Same seed, same text.
     """
-    from noisylm.data.tokenizers import get_tokenizer
     from noisylm.runtime import resolve_device
-    from noisylm.training.checkpoint import load_model
+    from noisylm.training.checkpoint import load_checkpoint_tokenizer, load_model
 
     if num_samples < 1 or max_new_tokens < 0:
         raise UsageError("num_samples must be >= 1 and max_new_tokens >= 0")
@@ -36,9 +35,9 @@ def sample(
     if top_k is not None and top_k < 1:
         raise UsageError(f"top_k must be >= 1, got {top_k}")
     dev = resolve_device(device)
-    model, state, _ = load_model(ckpt, dev)
+    model, state, path = load_model(ckpt, dev)
     model.eval()
-    tokenizer = get_tokenizer(state.get("data", {}).get("tokenizer", "gpt2"))
+    tokenizer = load_checkpoint_tokenizer(state, path, model.config.vocab_size)
     ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     if max(ids) >= model.config.vocab_size:
         raise UsageError(

