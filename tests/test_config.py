@@ -96,7 +96,7 @@ def test_help_shows_every_field_doc_and_default(monkeypatch, capsys):
         cli_main(["train", "--help"])
     lines = capsys.readouterr().out.splitlines()
     expected_defaults = {"data": '""', "batch_size": "16", "sampler": "paired", "threads": "none"}
-    expected_defaults |= {"learning_rate": "0.0006", "compile": "false", "progress": "true"}
+    expected_defaults |= {"learning_rate": "0.0006", "compile": "auto", "progress": "true"}
     for f in dataclasses.fields(TrainConfig):
         if f.name == "eval_sets":  # --eval-set NAME=DIR
             continue

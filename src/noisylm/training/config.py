@@ -108,7 +108,7 @@ class TrainConfig:
         "auto",
         "torch.compile the model: `true`, `false` or `auto` (on CUDA GPUs; off elsewhere, where it is not "
         "faster and runs keep their eager numbers)",
-        Check("true, false or auto", lambda value: value in (True, False, "auto")),
+        Check("true, false or auto", lambda value: value in (True, False, "auto"), ("true", "false", "auto")),
     )
     seed: int = setting(1337, "seeds the initial weights and dropout (and the data when `data_seed` is none)")
     threads: int | None = setting(
