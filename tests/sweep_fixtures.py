@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from noisylm.experiments.sweep import SweepConfig
+from noisylm.experiments import SweepConfig
 
 TINY_TRAIN = {
     "model": "tiny",
@@ -53,7 +53,7 @@ def tiny_config(shakespeare_bytes, python_docs_bytes) -> Callable[[], SweepConfi
 @pytest.fixture(scope="session")
 def finished_sweep(tmp_path_factory, shakespeare_bytes, python_docs_bytes) -> Path:
     """A finished reduced sweep directory (read-only; copy it to change it)."""
-    from noisylm.experiments.sweep import sweep
+    from noisylm.experiments import sweep
 
     out = tmp_path_factory.mktemp("fixture-sweeps") / "tiny"
     summary = sweep(tiny_sweep_config(shakespeare_bytes, python_docs_bytes), out)

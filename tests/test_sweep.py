@@ -14,7 +14,14 @@ import pytest
 
 from noisylm.cli import main as cli_main
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.experiments.sweep import PRESETS, SweepConfig, load_sweep_config, run_name, run_status, sweep
+from noisylm.experiments import (
+    SWEEP_PRESETS,
+    SweepConfig,
+    load_sweep_config,
+    run_name,
+    run_status,
+    sweep,
+)
 
 pytest_plugins = ["sweep_fixtures"]  # the `finished_sweep` and `tiny_config` fixtures
 RUNS = ["clean", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.2"]  # the grid of `tiny_config`
@@ -24,7 +31,7 @@ RUNS = ["clean", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.2"]  # the grid o
 
 
 def test_presets_load_with_the_papers_grid():
-    for name in PRESETS:
+    for name in SWEEP_PRESETS:
         config = load_sweep_config(name)
         assert [r.name for r in config.grid()] == [
             "clean",
@@ -44,7 +51,7 @@ def test_presets_load_with_the_papers_grid():
     assert load_sweep_config("paper-774m").train["model"] == "gpt2-774m"
     from noisylm.training import TrainConfig
 
-    for name in PRESETS:  # every preset's [train] table is a valid TrainConfig
+    for name in SWEEP_PRESETS:  # every preset's [train] table is a valid TrainConfig
         TrainConfig.from_dict({**load_sweep_config(name).train, "data": "x"})
 
 
@@ -100,7 +107,7 @@ def test_missing_or_broken_config_files(tmp_path):
         load_sweep_config(tmp_path / "nope.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("name = \n")
-    with pytest.raises(UsageError, match="does not parse"):
+    with pytest.raises(UsageError, match="cannot parse config file"):
         load_sweep_config(bad)
     other = tmp_path / "x.ini"
     other.write_text("a=1")
@@ -211,7 +218,7 @@ def log(self, record):  # fault injection: SIGKILL the sweep mid-run, between tw
         os.kill(os.getpid(), signal.SIGKILL)
 
 metrics.MetricsLogger.log = log
-from noisylm.experiments.sweep import sweep
+from noisylm.experiments import sweep
 sweep(sys.argv[1], sys.argv[2])
 """
 

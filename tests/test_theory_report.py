@@ -201,8 +201,7 @@ TINY_TRAIN = {
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory, shakespeare_bytes):
     """A real sweep: the clean run and uniform noise at α = 0.2, 30 iterations of the tiny GPT."""
-    from noisylm.experiments.reporting import report
-    from noisylm.experiments.sweep import SweepConfig, sweep
+    from noisylm.experiments import SweepConfig, report, sweep
 
     out = tmp_path_factory.mktemp("theory") / "sweep"
     config = SweepConfig(
