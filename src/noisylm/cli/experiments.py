@@ -101,6 +101,10 @@ def _sweep(args: argparse.Namespace) -> int:
         raise UsageError("--out-script and --slurm-* options go with --slurm; add --print-commands --slurm")
     if args.slurm and not args.print_commands:
         raise UsageError("--slurm writes a script instead of training; add --print-commands")
+    if args.slurm:
+        from noisylm.experiments.scheduler import check_slurm_options
+
+        check_slurm_options(args.slurm_partition, args.slurm_time, args.slurm_gpus)
     summary = sweep(
         args.config,
         args.out,

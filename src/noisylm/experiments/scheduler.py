@@ -48,13 +48,8 @@ def slurm_script(
         unknown = sorted(set(only) - set(sweep.names))
         if unknown:
             raise UsageError(f"unknown run(s) {unknown}; the sweep has: {', '.join(sweep.names)}")
+    check_slurm_options(partition, time, gpus)
     gpus = int(sweep.config.get("nproc_per_node", 1)) if gpus is None else gpus
-    if gpus < 1:
-        raise UsageError(f"GPUs per run must be >= 1, got {gpus}")
-    if not _TIME.match(time):
-        raise UsageError(f"time limit {time!r} is not one sbatch reads; use e.g. 24:00:00 or 2-00:00:00")
-    if partition is not None and not _PARTITION.match(partition):
-        raise UsageError(f"partition {partition!r} is not a partition name; use e.g. gpu")
     selected = [r for r in sweep.runs if not only or r.name in only]
     runs = [r for r in selected if r.status != "finished"]
     if not runs:
@@ -106,6 +101,16 @@ def slurm_script(
         '--out "$run_dir" --resume',
     ]
     return "\n".join(lines) + "\n"
+
+
+def check_slurm_options(partition: str | None, time: str, gpus: int | None) -> None:
+    """Refuse #SBATCH values sbatch would not read (before a sweep is prepared for them)."""
+    if gpus is not None and gpus < 1:
+        raise UsageError(f"GPUs per run must be >= 1, got {gpus}")
+    if not _TIME.match(time):
+        raise UsageError(f"time limit {time!r} is not one sbatch reads; use e.g. 24:00:00 or 2-00:00:00")
+    if partition is not None and not _PARTITION.match(partition):
+        raise UsageError(f"partition {partition!r} is not a partition name; use e.g. gpu")
 
 
 def _log_path(root: Path) -> str:
