@@ -1,4 +1,5 @@
-"""A reduced real sweep shared by test_sweep.py and test_report.py (`pytest_plugins` there).
+"""A reduced real sweep shared by test_sweep, test_report, test_rundir and test_scheduler
+(`pytest_plugins` there).
 
 Four runs of the `tiny` GPT (clean, uniform at α = 0.05 and 0.2, Gaussian at 0.2) for 12 iterations on
 the session's small Shakespeare shard set, evaluated on it, on each run's noise and on the Python

@@ -153,6 +153,15 @@ def test_one_override_parser_for_both_spellings():
         "eval_sets": {"python-docs": "d"},
         "max_iters": 1000,
     }
+    # A bare --flag is true; the next item is its value only when it is one (a boolean, or none).
+    assert parse_overrides(["--compile", "eval_sets.docs=d", "--bias", "none", "--progress", "off"]) == {
+        "compile": True,
+        "eval_sets": {"docs": "d"},
+        "bias": None,
+        "progress": False,
+    }
+    with pytest.raises(UsageError, match="--max-iters needs a value"):
+        parse_overrides(["--max-iters"])
     assert load_sweep_config("demo", ["--train.max-iters", "7"]).train["max_iters"] == 7
     with pytest.raises(UsageError, match="unknown sweep config key 'train.max_iter'.*max_iters"):
         load_sweep_config("demo", ["train.max_iter=7"])  # caught here, not when every run fails

@@ -267,24 +267,26 @@ def parse_overrides(
     while i < len(args):
         item = args[i]
         i += 1
-        if item.startswith("--"):
-            key, eq, text = item[2:].partition("=")
-            if not eq:  # `--key value`, or a bare `--flag` meaning true
-                if i < len(args) and not args[i].startswith("--"):
-                    text = args[i]
-                    i += 1
-                else:
-                    text = "true"
-        else:
-            key, eq, text = item.partition("=")
-            if not eq:
-                raise UsageError(
-                    f"override {item!r} is not key=value or --key value; "
-                    "e.g. max_iters=100 or --max-iters 100"
-                )
+        dashed = item.startswith("--")
+        key, eq, text = (item[2:] if dashed else item).partition("=")
         if not key:
             raise UsageError(f"override {item!r} has no key; e.g. max_iters=100 or --max-iters 100")
+        if not eq and not dashed:
+            raise UsageError(
+                f"override {item!r} is not key=value or --key value; e.g. max_iters=100 or --max-iters 100"
+            )
         path, annotation = _resolve_key(key, fields, what)
+        if not eq:  # `--key value`, or a bare `--flag` meaning true (then the next item is not its value)
+            following = args[i] if i < len(args) and not args[i].startswith("--") else None
+            kind, optional = _without_none(annotation)
+            if kind is bool:
+                words = {*_BOOLEANS, "none", "null"} if optional else set(_BOOLEANS)
+                if (following or "").lower() not in words:
+                    following = None
+            elif following is None:
+                raise UsageError(f"{item} needs a value; e.g. {item} VALUE or {key}=VALUE")
+            text = "true" if following is None else following
+            i += following is not None
         target = out
         for part in path[:-1]:
             target = target.setdefault(part, {})
@@ -352,6 +354,18 @@ def _table_value_type(annotation: Any) -> Any:
     return None
 
 
+_BOOLEANS = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
+
+
 def _toml_value(text: str) -> Any:
     """``text`` as a TOML value (``[0.01, 0.05]``, ``{sd = 2}``, ``"x"``); raises ValueError if not one."""
     try:
@@ -369,10 +383,8 @@ def _parse_value(key: str, text: str, annotation: Any) -> Any:
     if optional and text.lower() in ("none", "null"):
         return None
     if annotation is bool:
-        if text.lower() in ("true", "1", "yes", "on"):
-            return True
-        if text.lower() in ("false", "0", "no", "off"):
-            return False
+        if text.lower() in _BOOLEANS:
+            return _BOOLEANS[text.lower()]
         raise UsageError(f"{key} must be true or false, got {text!r}")
     if _table_value_type(annotation) is not None:
         for parse in (json.loads, _toml_value):
