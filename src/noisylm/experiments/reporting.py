@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from noisylm.artifacts import atomic_write_json, atomic_write_text, provenance
+from noisylm.data.shards import entropy_nats
 from noisylm.errors import NoisyLMError
 from noisylm.experiments.comparison import (
     RunCurves,
@@ -319,13 +320,12 @@ def _fig8_section(folder: Path, sweep: SweepDir) -> None:
     rows = []
     for title, counts in panels:
         prior = counts / max(counts.sum(), 1)
-        nonzero = prior[prior > 0]
         rows.append(
             {
                 "data": title,
                 "tokens": int(counts.sum()),
                 "distinct_ids": int((counts > 0).sum()),
-                "entropy_nats": float(-(nonzero * np.log(nonzero)).sum()),
+                "entropy_nats": entropy_nats(counts),
                 "top_id": int(np.argmax(counts)),
                 "top_prior": float(prior.max()),
             }
@@ -354,17 +354,10 @@ def token_priors(sweep: SweepDir) -> list[tuple[str, np.ndarray]]:
         split = "train" if run.kind is None else "noise"
         if not shards.has(split):
             continue
-        counts = _bincount(shards.tokens(split), shards.vocab_size)
+        counts = shards.token_counts(split)
         panels.append(("clean data" if run.kind is None else f"{label} noise", counts))
         seen.add(label)
     return panels
-
-
-def _bincount(tokens: np.ndarray, vocab: int, chunk: int = 1 << 24) -> np.ndarray:
-    counts = np.zeros(vocab, dtype=np.int64)
-    for start in range(0, len(tokens), chunk):
-        counts += np.bincount(np.asarray(tokens[start : start + chunk]), minlength=vocab)[:vocab]
-    return counts
 
 
 def _finish(ax: Any) -> None:
