@@ -1,4 +1,4 @@
-"""A reduced real sweep shared by test_sweep, test_report, test_rundir and test_scheduler
+"""A reduced real sweep shared by test_sweep, test_reporting, test_rundir and test_scheduler
 (`pytest_plugins` there).
 
 Four runs of the `tiny` GPT (clean, uniform at α = 0.05 and 0.2, Gaussian at 0.2) for 12 iterations on
