@@ -1,4 +1,5 @@
-"""A reduced real sweep shared by test_sweep.py and test_report.py (`pytest_plugins` there).
+"""A reduced real sweep shared by test_sweep, test_reporting, test_rundir and test_scheduler
+(`pytest_plugins` there).
 
 Four runs of the `tiny` GPT (clean, uniform at α = 0.05 and 0.2, Gaussian at 0.2) for 12 iterations on
 the session's small Shakespeare shard set, evaluated on it, on each run's noise and on the Python
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from noisylm.experiments.sweep import SweepConfig
+from noisylm.experiments import SweepConfig
 
 TINY_TRAIN = {
     "model": "tiny",
@@ -53,7 +54,7 @@ def tiny_config(shakespeare_bytes, python_docs_bytes) -> Callable[[], SweepConfi
 @pytest.fixture(scope="session")
 def finished_sweep(tmp_path_factory, shakespeare_bytes, python_docs_bytes) -> Path:
     """A finished reduced sweep directory (read-only; copy it to change it)."""
-    from noisylm.experiments.sweep import sweep
+    from noisylm.experiments import sweep
 
     out = tmp_path_factory.mktemp("fixture-sweeps") / "tiny"
     summary = sweep(tiny_sweep_config(shakespeare_bytes, python_docs_bytes), out)

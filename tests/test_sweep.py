@@ -14,7 +14,16 @@ import pytest
 
 from noisylm.cli import main as cli_main
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.experiments.sweep import PRESETS, SweepConfig, load_sweep_config, run_name, run_status, sweep
+from noisylm.experiments import (
+    SWEEP_PRESETS,
+    SweepConfig,
+    load_sweep_config,
+    run_name,
+    run_status,
+    sweep,
+)
+from noisylm.experiments.config import sweep_fields
+from noisylm.training.config import parse_overrides
 
 pytest_plugins = ["sweep_fixtures"]  # the `finished_sweep` and `tiny_config` fixtures
 RUNS = ["clean", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.2"]  # the grid of `tiny_config`
@@ -24,7 +33,7 @@ RUNS = ["clean", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.2"]  # the grid o
 
 
 def test_presets_load_with_the_papers_grid():
-    for name in PRESETS:
+    for name in SWEEP_PRESETS:
         config = load_sweep_config(name)
         assert [r.name for r in config.grid()] == [
             "clean",
@@ -44,7 +53,7 @@ def test_presets_load_with_the_papers_grid():
     assert load_sweep_config("paper-774m").train["model"] == "gpt2-774m"
     from noisylm.training import TrainConfig
 
-    for name in PRESETS:  # every preset's [train] table is a valid TrainConfig
+    for name in SWEEP_PRESETS:  # every preset's [train] table is a valid TrainConfig
         TrainConfig.from_dict({**load_sweep_config(name).train, "data": "x"})
 
 
@@ -100,12 +109,64 @@ def test_missing_or_broken_config_files(tmp_path):
         load_sweep_config(tmp_path / "nope.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("name = \n")
-    with pytest.raises(UsageError, match="does not parse"):
+    with pytest.raises(UsageError, match="cannot parse config file"):
         load_sweep_config(bad)
     other = tmp_path / "x.ini"
     other.write_text("a=1")
     with pytest.raises(UsageError, match="must end in"):
         load_sweep_config(other)
+
+
+@pytest.mark.parametrize("command", ["sweep", "train"])
+@pytest.mark.parametrize(
+    "name, text, where",
+    [
+        ("bad.yaml", "name: x\ntrain:\n  max_iters: [1,\n", "line 4, column 1"),
+        ("bad.yml", "name: x\n data: y\n", "line 2, column 6: mapping values are not allowed here"),
+        ("bad.toml", 'name = "x"\ndata = \n', "line 2, column 8: Invalid value"),
+        ("bad.json", '{"name": "x",\n}', "line 2, column 1"),
+    ],
+)
+def test_config_syntax_errors_are_one_line_naming_file_and_line(tmp_path, capsys, command, name, text, where):
+    """`noisylm sweep bad.yaml` / `noisylm train bad.toml`: one line (file, line, fix), no traceback."""
+    path = tmp_path / name
+    path.write_text(text)
+    out = tmp_path / "out"
+    assert cli_main([command, str(path), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"noisylm {command}: error: cannot parse config file {path}: {where}")
+    assert err[0].endswith("syntax there") and captured.out == ""
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_one_override_parser_for_both_spellings():
+    fields = sweep_fields()
+    dashed = ["--train.max-iters", "100", "--domains.python-docs=/w", "--clean", "no", "--seed=3"]
+    dotted = ["train.max_iters=100", "domains.python-docs=/w", "clean=false", "seed=3"]
+    expected = {"train": {"max_iters": 100}, "domains": {"python-docs": "/w"}, "clean": False, "seed": 3}
+    assert parse_overrides(dashed, fields, "sweep") == parse_overrides(dotted, fields, "sweep") == expected
+    # Values take their field's type: strings stay as written, table keys keep their dashes.
+    assert parse_overrides(["--wandb-run-name", "2024", "eval_sets.python-docs=d", "max_iters=1e3"]) == {
+        "wandb_run_name": "2024",
+        "eval_sets": {"python-docs": "d"},
+        "max_iters": 1000,
+    }
+    # A bare --flag is true; the next item is its value only when it is one (a boolean, or none).
+    assert parse_overrides(["--compile", "eval_sets.docs=d", "--bias", "none", "--progress", "off"]) == {
+        "compile": True,
+        "eval_sets": {"docs": "d"},
+        "bias": None,
+        "progress": False,
+    }
+    with pytest.raises(UsageError, match="--max-iters needs a value"):
+        parse_overrides(["--max-iters"])
+    assert load_sweep_config("demo", ["--train.max-iters", "7"]).train["max_iters"] == 7
+    with pytest.raises(UsageError, match="unknown sweep config key 'train.max_iter'.*max_iters"):
+        load_sweep_config("demo", ["train.max_iter=7"])  # caught here, not when every run fails
+    with pytest.raises(UsageError, match="seed must be int, got 'x'"):
+        load_sweep_config("demo", ["seed=x"])
 
 
 def test_paper_preset_without_data_names_the_fix(tmp_path):
@@ -211,7 +272,7 @@ def log(self, record):  # fault injection: SIGKILL the sweep mid-run, between tw
         os.kill(os.getpid(), signal.SIGKILL)
 
 metrics.MetricsLogger.log = log
-from noisylm.experiments.sweep import sweep
+from noisylm.experiments import sweep
 sweep(sys.argv[1], sys.argv[2])
 """
 

@@ -13,7 +13,8 @@ from noisylm.theory.runs import load_sweep
 def _sweep(root, runs: list[dict], clean_run: str | None = "clean", checkpoints: dict | None = None):
     """sweep.json, a manifest per noisy data folder and empty ckpt-* folders (what load_sweep reads)."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "sweep.json").write_text(json.dumps({"runs": runs, "clean_run": clean_run}))
+    meta = {"format": "noisylm-sweep/1", "name": "t", "config": {}, "runs": runs, "clean_run": clean_run}
+    (root / "sweep.json").write_text(json.dumps(meta))
     for entry in runs:
         data = root / entry["data"]
         data.mkdir(parents=True, exist_ok=True)
@@ -26,7 +27,14 @@ def _sweep(root, runs: list[dict], clean_run: str | None = "clean", checkpoints:
 
 
 def _entry(name: str, kind: str | None, alpha: float) -> dict:
-    return {"name": name, "kind": kind, "alpha": alpha, "data": f"data/{name}", "run_dir": f"runs/{name}"}
+    return {
+        "name": name,
+        "kind": kind,
+        "alpha": alpha,
+        "data": f"data/{name}",
+        "run_dir": f"runs/{name}",
+        "train_config": f"configs/{name}.json",
+    }
 
 
 def test_load_sweep_reads_runs_alpha_and_checkpoints(tmp_path):

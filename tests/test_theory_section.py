@@ -26,6 +26,10 @@ def test_not_a_sweep_is_one_clear_error(tmp_path):
     with pytest.raises(NoisyLMError, match="not a sweep directory"):
         S.theory(tmp_path)
     (tmp_path / "sweep.json").write_text(json.dumps({"runs": [], "clean_run": None}))
+    with pytest.raises(NoisyLMError, match="regenerate it with `noisylm sweep`"):
+        S.theory(tmp_path)  # read by the one sweep-directory reader, which checks the format
+    meta = {"format": "noisylm-sweep/1", "name": "x", "config": {}, "runs": [], "clean_run": None}
+    (tmp_path / "sweep.json").write_text(json.dumps(meta))
     with pytest.raises(NoisyLMError, match="no clean run"):
         S.theory(tmp_path)
 
@@ -53,8 +57,8 @@ TINY_TRAIN = {
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory, shakespeare_bytes):
     """A real sweep: the clean run and uniform noise at α = 0.2, 30 iterations of the tiny GPT."""
+    from noisylm.experiments import SweepConfig, sweep
     from noisylm.experiments.reporting import report
-    from noisylm.experiments.sweep import SweepConfig, sweep
 
     out = tmp_path_factory.mktemp("theory") / "sweep"
     config = SweepConfig(

@@ -421,7 +421,7 @@ def test_existing_run_is_never_overwritten_without_flag(tmp_path, shakespeare_by
 
 
 def test_bad_data_is_one_clear_error(tmp_path, shakespeare_bytes, shakespeare_gpt2):
-    from test_data_sampler import make_shards
+    from test_training_data import make_shards
 
     cases = [
         (config(tmp_path / "missing"), "not found"),

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from noisylm import __version__
-from noisylm.errors import NoisyLMError
+from noisylm.errors import NoisyLMError, UsageError
 
 
 def provenance(config: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
@@ -282,3 +282,77 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+CONFIG_SUFFIXES = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The table of a TOML (.toml), YAML (.yaml/.yml) or JSON (.json) config file (empty file: {}).
+
+    The one reader of config files (train configs, sweep configs): every problem, a missing file, an
+    unknown suffix, a syntax error (with its line and column), is one `UsageError` line that names the
+    file and the fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {path} not found; check the path")
+    kind = CONFIG_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise UsageError(f"config file {path} must end in .toml, .yaml, .yml or .json; rename it")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}; check it") from None
+    try:
+        values = _parse_config_text(text, kind)
+    except _ConfigSyntaxError as exc:
+        raise UsageError(f"cannot parse config file {path}: {exc}; fix the {kind} syntax there") from None
+    if values is None:  # an empty YAML file
+        values = {}
+    if not isinstance(values, dict):
+        raise UsageError(f"config file {path} must hold a table of keys, got {type(values).__name__}")
+    return values
+
+
+class _ConfigSyntaxError(Exception):
+    """A parser's error as one line: ``line L, column C: problem``."""
+
+
+def _parse_config_text(text: str, kind: str) -> Any:
+    if kind == "TOML":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            # tomllib's message ends in "(at line L, column C)"; put the place first, as for YAML/JSON.
+            message = str(exc)
+            where = re.search(r"\(at (line \d+, column \d+|end of document)\)$", message)
+            if where:
+                message = f"{where.group(1)}: {message[: where.start()].strip()}"
+            raise _ConfigSyntaxError(_one_line(message)) from None
+    if kind == "YAML":
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            problem = ", ".join(
+                p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p
+            )
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            raise _ConfigSyntaxError(_one_line(where + (problem or str(exc)))) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _ConfigSyntaxError(f"line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())

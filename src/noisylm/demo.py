@@ -48,8 +48,8 @@ def _optional(module_name: str, function: str) -> Callable[..., Any] | None:
 
 def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bool = True) -> Path:
     """Run every demo step into ``out_dir``; return the report folder."""
+    from noisylm.experiments.launch import sweep
     from noisylm.experiments.reporting import report
-    from noisylm.experiments.sweep import sweep
 
     out = Path(out_dir)
     sweep_dir = out / "sweep"

@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  noisylm sweep demo --out sweeps/demo\n"
         "  noisylm sweep paper-124m --out sweeps/owt --set data=data/owt --set domains.wiki=data/wiki\n"
         "  noisylm sweep paper-124m --out sweeps/owt --set data=data/owt --print-commands > jobs.sh\n"
+        "  noisylm sweep paper-124m --out sweeps/owt --set data=data/owt --print-commands --slurm \\\n"
+        "      --slurm-partition gpu --slurm-time 3-00:00:00 --out-script owt.sbatch   # sbatch owt.sbatch\n"
         "  noisylm sweep my_sweep.toml --out sweeps/mine --set train.max_iters=2000",
         formatter_class=HelpFormatter,
     )
@@ -36,13 +38,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a setting, dotted for tables: data=DIR, train.max_iters=100, domains.wiki=DIR",
+        help="override a setting, dotted for tables: data=DIR, train.max_iters=100, domains.wiki=DIR "
+        "(the keys and values of `noisylm train --key value`)",
     )
     sweep.add_argument(
         "--print-commands",
         action="store_true",
         help="prepare data and per-run configs, print one `noisylm train` (or torchrun) command per "
         "unfinished run for a cluster scheduler, and train nothing",
+    )
+    slurm = sweep.add_argument_group("SLURM (with --print-commands)")
+    slurm.add_argument(
+        "--slurm",
+        action="store_true",
+        help="print an sbatch job-array script instead: one array task per unfinished run, each "
+        "`torchrun --standalone --nproc_per_node=$GPUS -m noisylm train ...` on one node",
+    )
+    slurm.add_argument("--out-script", metavar="FILE", help="write the script to FILE (atomically) instead")
+    slurm.add_argument(
+        "--slurm-partition", metavar="NAME", help="#SBATCH --partition; None: the cluster's default partition"
+    )
+    slurm.add_argument("--slurm-time", metavar="TIME", default="24:00:00", help="#SBATCH --time per run")
+    slurm.add_argument(
+        "--slurm-gpus",
+        metavar="N",
+        type=int,
+        help="#SBATCH --gpus-per-node and torchrun processes per run; None: the sweep's nproc_per_node",
     )
     sweep.add_argument(
         "--only", nargs="+", metavar="RUN", help="train only these runs (e.g. clean uniform-a0.05)"
@@ -73,8 +94,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from noisylm.experiments.sweep import sweep
+    from noisylm.errors import UsageError
+    from noisylm.experiments.launch import sweep
 
+    if (args.out_script or args.slurm_partition or args.slurm_gpus) and not args.slurm:
+        raise UsageError("--out-script and --slurm-* options go with --slurm; add --print-commands --slurm")
+    if args.slurm and not args.print_commands:
+        raise UsageError("--slurm writes a script instead of training; add --print-commands")
+    if args.slurm:
+        from noisylm.experiments.scheduler import check_slurm_options
+
+        check_slurm_options(args.slurm_partition, args.slurm_time, args.slurm_gpus)
     summary = sweep(
         args.config,
         args.out,
@@ -84,6 +114,8 @@ def _sweep(args: argparse.Namespace) -> int:
         only=args.only,
         retry_failed=args.retry_failed,
     )
+    if args.slurm:
+        return _slurm(args, summary["command_runs"])
     if args.print_commands:
         for command in summary["commands"]:
             print(command)
@@ -91,6 +123,26 @@ def _sweep(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {status}" for status, n in summary["counts"].items() if n)
     print(f"sweep {summary['name']}: {counts}; summary in {args.out}/summary.md")
     return 1 if summary["counts"].get("failed") else 0
+
+
+def _slurm(args: argparse.Namespace, runs: list[str]) -> int:
+    import sys
+
+    from noisylm.experiments.scheduler import slurm_script, write_script
+
+    script = slurm_script(
+        args.out,
+        only=args.only,
+        partition=args.slurm_partition,
+        time=args.slurm_time,
+        gpus=args.slurm_gpus,
+    )
+    if args.out_script:
+        path = write_script(args.out_script, script)
+        print(f"wrote {path}: {len(runs)} array task(s) ({', '.join(runs)}); submit it with sbatch {path}")
+    else:
+        sys.stdout.write(script)
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

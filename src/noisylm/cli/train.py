@@ -155,18 +155,17 @@ def _metavar(annotation) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from noisylm.training.config import TrainConfig, _parse_value, load_config
+    from noisylm.training.config import load_config, merge_overrides, parse_overrides
     from noisylm.training.evaluate import parse_eval_sets
     from noisylm.training.trainer import train
 
-    hints = typing.get_type_hints(TrainConfig)
-    overrides = {
-        key[4:]: _parse_value(key[4:], value, hints[key[4:]])
-        for key, value in vars(args).items()
-        if key.startswith("cfg_")
-    }
+    # argparse checked the option names (and lists them in --help); the values are typed by the one
+    # override parser, the same as `noisylm sweep --set train.KEY=VALUE`.
+    overrides = parse_overrides(
+        [f"--{key[4:]}={value}" for key, value in vars(args).items() if key.startswith("cfg_")]
+    )
     if args.eval_set:
-        overrides["eval_sets"] = parse_eval_sets(args.eval_set)
+        overrides = merge_overrides(overrides, {"eval_sets": parse_eval_sets(args.eval_set)})
     config = load_config(args.config, overrides)
     summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":

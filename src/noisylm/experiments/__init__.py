@@ -1,21 +1,42 @@
 """Stage 3, many runs compared: sweeps of noisy pre-training runs and their report.
 
-`sweep` (the config, the plan of runs, launching them, the summary) → `reporting` (`report`: loss
-curves, the paper's figures, `report/index.html`).
+`config` (`SweepConfig`, presets, `load_sweep_config`) → `plan` (`PlannedRun`: each run's noise, shard
+set, run directory, TrainConfig; `run_status`) → `launch` (`sweep`: data, training or the commands for a
+scheduler; `scheduler`: a SLURM job array) → `summary` (`write_summary`); `rundir` (`SweepDir`: the
+one reader of a sweep directory) → `comparison` (each run against the clean run) → `reporting`
+(`report`: the paper's figures and tables) → `index_page` (`write_index`: ``report/index.html``).
 """
 
 # Eager on purpose: a lazy __getattr__ would be shadowed by the submodule of the same name
 # (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
 
-from noisylm.experiments.reporting import load_runs, report, write_index
-from noisylm.experiments.sweep import SweepConfig, load_sweep_config, sweep, write_summary
+from noisylm.experiments.comparison import RunCurves, sweep_curves
+from noisylm.experiments.config import SWEEP_PRESETS, NoiseSpec, SweepConfig, load_sweep_config
+from noisylm.experiments.index_page import write_index
+from noisylm.experiments.launch import sweep
+from noisylm.experiments.plan import PlannedRun, run_name, run_status
+from noisylm.experiments.reporting import report
+from noisylm.experiments.rundir import SweepDir, SweepRun, read_run_metrics
+from noisylm.experiments.scheduler import slurm_script, write_script
+from noisylm.experiments.summary import write_summary
 
 __all__ = [
+    "SWEEP_PRESETS",
+    "NoiseSpec",
     "SweepConfig",
     "load_sweep_config",
+    "PlannedRun",
+    "run_name",
+    "run_status",
     "sweep",
+    "slurm_script",
+    "write_script",
     "write_summary",
+    "SweepDir",
+    "SweepRun",
+    "read_run_metrics",
+    "RunCurves",
+    "sweep_curves",
     "report",
-    "load_runs",
     "write_index",
 ]

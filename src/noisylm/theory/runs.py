@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from noisylm.artifacts import read_json
 from noisylm.errors import NoisyLMError
 
 
@@ -32,23 +31,27 @@ def _checkpoints(run_dir: Path) -> dict[int, Path]:
 
 
 def load_sweep(sweep_dir: Path) -> tuple[dict[str, Any], RunInfo, list[RunInfo]]:
-    """``sweep.json``, the clean run and the noisy runs that have at least one checkpoint."""
-    if not (sweep_dir / "sweep.json").is_file():
-        raise NoisyLMError(f"{sweep_dir} is not a sweep directory (no sweep.json); run `noisylm sweep` first")
-    meta = read_json(sweep_dir / "sweep.json", "sweep config")
+    """``sweep.json``, the clean run and the noisy runs that have at least one checkpoint (read through
+    `experiments.rundir.SweepDir`, the one reader of a sweep directory)."""
+    from noisylm.experiments.rundir import SweepDir
+
+    sweep = SweepDir.open(sweep_dir)
     runs = []
-    for entry in meta["runs"]:
-        data = sweep_dir / entry["data"]
-        alpha = float(entry["alpha"])
-        manifest = data / "manifest.json"
-        if entry["kind"] is not None and manifest.is_file():
-            record = read_json(manifest, "shard manifest").get("noise") or {}
-            alpha = float(record.get("alpha_achieved", alpha))
-        run_dir = sweep_dir / entry["run_dir"]
-        params = dict(entry.get("params") or {})
+    for run in sweep:
+        achieved = run.alpha_achieved if run.kind is not None else None
+        alpha = float(achieved if achieved is not None else run.alpha)
         runs.append(
-            RunInfo(entry["name"], entry["kind"], alpha, params, data, run_dir, _checkpoints(run_dir))
+            RunInfo(
+                run.name,
+                run.kind,
+                alpha,
+                dict(run.params),
+                run.data_dir,
+                run.run_dir,
+                _checkpoints(run.run_dir),
+            )
         )
+    meta = sweep.meta
     clean = next((r for r in runs if r.name == meta.get("clean_run")), None)
     if clean is None:
         raise NoisyLMError(

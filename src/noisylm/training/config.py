@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 import re
+import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from noisylm.artifacts import read_config_file
 from noisylm.configs.fields import Check, above, at_least, between, one_of, setting, validate
 from noisylm.errors import UsageError
 
@@ -189,117 +192,198 @@ class TrainConfig:
 # Reading configs
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The key/value table of a TOML (.toml), YAML (.yaml/.yml) or JSON (.json) file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file {path} not found; check the path")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            values = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        elif suffix == ".json":
-            values = json.loads(text)
-        else:
-            raise UsageError(f"config file {path} must end in .toml, .yaml, .yml or .json")
-    except UsageError:
-        raise
-    except Exception as exc:  # each parser has its own error class
-        raise UsageError(f"cannot parse config file {path}: {exc}".splitlines()[0]) from None
-    if not isinstance(values, dict):
-        raise UsageError(f"config file {path} must hold a table of keys, got {type(values).__name__}")
-    return values
+def field_types(cls: type) -> dict[str, Any]:
+    """The type of every field of the dataclass ``cls`` (the ``fields`` of `parse_overrides`)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``["--max_iters", "100", "--eval_sets.docs=data/docs", "--compile"]`` → a dict of typed values.
+def parse_overrides(
+    args: Sequence[str], fields: Mapping[str, Any] | None = None, what: str = "config"
+) -> dict[str, Any]:
+    """Overrides in either spelling, as a nested dict of typed values.
 
-    Keys may use ``-`` or ``_``; ``eval_sets.NAME`` sets one eval set; a flag without a value means
-    true. Values are parsed as the field's type (``none`` means None).
+    ``--key value``, ``--key=value`` and ``--flag`` (true), as `noisylm train` takes them, or
+    ``key=value``, as `noisylm sweep --set` takes them, mixed freely. ``-`` and ``_`` are the same in
+    field names; dotted keys reach into tables (``eval_sets.docs=DIR``, ``train.max_iters=100``).
+    ``fields`` maps each key to its type, or to a mapping of the same kind for a table of known keys
+    (default: TrainConfig's fields); ``what`` names the config in errors. A value is parsed as its
+    field's type: ``1e4`` is a valid int; true/false, yes/no, on/off, 1/0 are booleans; ``none`` or
+    ``null`` sets an optional field to None; a table is JSON or a TOML inline table; a string is taken
+    as given (a quoted TOML string is unquoted); anything else (a list) is read as a TOML value, or
+    taken as a string when it is not one.
+
+    >>> parse_overrides(["--max-iters", "7", "eval_sets.docs=data/docs"])
+    {'max_iters': 7, 'eval_sets': {'docs': 'data/docs'}}
     """
-    hints = typing.get_type_hints(TrainConfig)
-    valid = [f.name for f in dataclasses.fields(TrainConfig)]
+    fields = field_types(TrainConfig) if fields is None else fields
     out: dict[str, Any] = {}
     i = 0
     while i < len(args):
-        token = args[i]
-        if not token.startswith("--"):
-            raise UsageError(f"unexpected argument {token!r}; overrides look like --key value")
-        key, eq, value = token[2:].partition("=")
-        key = key.replace("-", "_")
-        if not eq:
-            if i + 1 < len(args) and not args[i + 1].startswith("--"):
-                value = args[i + 1]
-                i += 1
-            else:
-                value = "true"
+        item = args[i]
         i += 1
-        base, dot, sub = key.partition(".")
-        if base not in valid or (dot and base != "eval_sets"):
-            raise UsageError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
-        if dot:
-            out.setdefault("eval_sets", {})[sub] = value
-            continue
-        out[key] = _parse_value(key, value, hints[key])
+        dashed = item.startswith("--")
+        key, eq, text = (item[2:] if dashed else item).partition("=")
+        if not key:
+            raise UsageError(f"override {item!r} has no key; e.g. max_iters=100 or --max-iters 100")
+        if not eq and not dashed:
+            raise UsageError(
+                f"override {item!r} is not key=value or --key value; e.g. max_iters=100 or --max-iters 100"
+            )
+        path, annotation = _resolve_key(key, fields, what)
+        if not eq:  # `--key value`, or a bare `--flag` meaning true (then the next item is not its value)
+            following = args[i] if i < len(args) and not args[i].startswith("--") else None
+            kind, optional = _without_none(annotation)
+            if kind is bool or bool in typing.get_args(kind):  # bool | str (compile = auto) too
+                words = {*_BOOLEANS, "none", "null"} if optional else set(_BOOLEANS)
+                # a bool | str field also takes any word that is not another override (--compile auto)
+                takes_word = kind is not bool and "=" not in (following or "=")
+                if (following or "").lower() not in words and not takes_word:
+                    following = None
+            elif following is None:
+                raise UsageError(f"{item} needs a value; e.g. {item} VALUE or {key}=VALUE")
+            text = "true" if following is None else following
+            i += following is not None
+        target = out
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        _merge_into(target, path[-1], _parse_value(".".join(path), text, annotation))
     return out
 
 
-def _parse_value(key: str, text: str, annotation: Any) -> Any:
+def merge_overrides(values: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with ``overrides`` (from `parse_overrides`) applied: tables are merged key by key,
+    so ``eval_sets.docs=DIR`` adds an eval set; anything else is replaced."""
+    merged = copy.deepcopy(dict(values))
+    for key, value in overrides.items():
+        _merge_into(merged, key, copy.deepcopy(value))
+    return merged
+
+
+def _merge_into(target: dict[str, Any], key: str, value: Any) -> None:
+    if isinstance(value, dict) and isinstance(target.get(key), dict):
+        for sub, item in value.items():
+            _merge_into(target[key], sub, item)
+    else:
+        target[key] = value
+
+
+def _resolve_key(key: str, fields: Mapping[str, Any], what: str) -> tuple[list[str], Any]:
+    """The key's path (field names with ``_``, table keys as given) and the type of its value."""
+    path: list[str] = []
+    node: Any = fields
+    for part in key.split("."):
+        if not part:
+            raise UsageError(f"override key {key!r} has an empty part; e.g. eval_sets.docs=DIR")
+        if isinstance(node, Mapping):  # a table of known fields
+            name = part.replace("-", "_")
+            if name not in node:
+                table = f" of {'.'.join(path)}" if path else ""
+                raise UsageError(
+                    f"unknown {what} key {'.'.join([*path, name])!r}; valid keys{table}: {', '.join(node)}"
+                )
+            path.append(name)
+            node = node[name]
+        elif _table_value_type(node) is not None:  # dict[str, X]: any key, values of type X
+            path.append(part)
+            node = _table_value_type(node)
+        else:
+            raise UsageError(f"override {key!r}: {'.'.join(path)} is not a table; set it as a whole")
+    return path, node
+
+
+def _without_none(annotation: Any) -> tuple[Any, bool]:
+    """(the annotation without ``| None``, whether None is allowed)."""
     args = typing.get_args(annotation)
-    if type(None) in args:
-        if text.lower() in ("none", "null"):
-            return None
-        (annotation,) = [a for a in args if a is not type(None)]
-    elif args and bool in args:  # bool | str: a truth word, else the text (compile = auto)
-        try:
-            return _parse_value(key, text, bool)
-        except UsageError:
-            return text
-    if annotation is bool:
-        if text.lower() in ("true", "1", "yes", "on"):
-            return True
-        if text.lower() in ("false", "0", "no", "off"):
-            return False
-        raise UsageError(f"--{key} must be true or false, got {text!r}")
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0], type(None) in args
+    return annotation, False
+
+
+def _table_value_type(annotation: Any) -> Any:
+    """X for ``dict[str, X]`` (also when optional), None for anything that is not a table."""
+    annotation, _ = _without_none(annotation)
     if typing.get_origin(annotation) is dict:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            raise UsageError(f'--{key} must be a JSON table, e.g. \'{{"docs": "data/docs"}}\'') from None
-        return value
+        args = typing.get_args(annotation)
+        return args[1] if len(args) == 2 else Any
+    return None
+
+
+_BOOLEANS = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
+
+
+def _toml_value(text: str) -> Any:
+    """``text`` as a TOML value (``[0.01, 0.05]``, ``{sd = 2}``, ``"x"``); raises ValueError if not one."""
     try:
-        if annotation is int:
-            number = float(text)  # accepts 1e4
-            if not number.is_integer():
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(text) from exc
+
+
+def _parse_value(key: str, text: str, annotation: Any) -> Any:
+    annotation, optional = _without_none(annotation)
+    if optional and text.lower() in ("none", "null"):
+        return None
+    if annotation is bool:
+        if text.lower() in _BOOLEANS:
+            return _BOOLEANS[text.lower()]
+        raise UsageError(f"{key} must be true or false, got {text!r}")
+    if bool in typing.get_args(annotation) and text.lower() in _BOOLEANS:  # bool | str: compile = on
+        return _BOOLEANS[text.lower()]
+    if _table_value_type(annotation) is not None:
+        for parse in (json.loads, _toml_value):
+            try:
+                value = parse(text)
+            except ValueError:  # json.JSONDecodeError is a ValueError
+                continue
+            if isinstance(value, dict):
+                return value
+        raise UsageError(f'{key} must be a table, e.g. \'{{"docs": "data/docs"}}\' or {key}.docs=data/docs')
+    if annotation is str:
+        if text[:1] in ("'", '"'):  # a TOML string, as `--set name="mine"` writes it
+            try:
+                value = _toml_value(text)
+            except ValueError:
+                return text
+            return value if isinstance(value, str) else text
+        return text
+    if annotation in (int, float):
+        try:
+            number = float(text)  # accepts 1e4 for an int
+            if annotation is int and not number.is_integer():
                 raise ValueError(text)
-            return int(number)
-        return annotation(text)
+            return int(number) if annotation is int else number
+        except ValueError:
+            raise UsageError(f"{key} must be {annotation.__name__}, got {text!r}") from None
+    try:  # lists and untyped values: TOML when it is valid TOML, else the text itself
+        return _toml_value(text)
     except ValueError:
-        raise UsageError(f"--{key} must be {annotation.__name__}, got {text!r}") from None
+        return text
 
 
 def load_config(
     path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
-    """The config of ``path`` (TOML/YAML/JSON; a `[train]` table is used when present) with overrides."""
+    """The config of ``path`` (TOML/YAML/JSON; a `[train]` table is used when present) with overrides
+    (a nested dict, as `parse_overrides` returns it)."""
     values: dict[str, Any] = {}
     if path is not None:
         values = read_config_file(path)
         if "train" in values and isinstance(values["train"], dict) and "data" not in values:
             values = values["train"]
-    values = dict(values)
-    for key, value in (overrides or {}).items():
-        if key == "eval_sets" and isinstance(values.get("eval_sets"), dict):
-            values["eval_sets"] = {**values["eval_sets"], **value}
-        else:
-            values[key] = value
-    return TrainConfig.from_dict(values)
+    return TrainConfig.from_dict(merge_overrides(values, overrides or {}))

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from noisylm.errors import NoisyLMError
-from noisylm.experiments.reporting import Run, diff_same_clean_tokens, diff_same_iter, report, write_index
+from noisylm.experiments import report, write_index
+from noisylm.experiments.comparison import RunCurves, diff_same_clean_tokens, diff_same_iter
 
 pytest_plugins = ["sweep_fixtures"]  # the `finished_sweep` fixture
 RUNS = ["clean", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.2"]
@@ -122,7 +123,7 @@ def test_report_is_deterministic_for_fixed_run_dirs(finished_sweep, reported, tm
 
 
 def _run(name, kind, alpha, tokens, clean_tokens, val):
-    return Run(
+    return RunCurves(
         name=name,
         kind=kind,
         alpha=alpha,
