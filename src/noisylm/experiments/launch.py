@@ -32,7 +32,7 @@ from noisylm.artifacts import (
     read_json,
 )
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.experiments.config import SweepConfig, load_sweep_config
+from noisylm.experiments.config import DownstreamConfig, SweepConfig, load_sweep_config
 from noisylm.experiments.plan import (
     SWEEP_FORMAT,
     PlannedRun,
@@ -53,6 +53,7 @@ def sweep(
     print_commands: bool = False,
     only: list[str] | None = None,
     retry_failed: bool = False,
+    downstream: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) every run of the sweep in ``out_dir``; return the sweep summary.
 
@@ -62,11 +63,20 @@ def sweep(
     ``"command_runs"``, the names of those runs.
     ``only``: train just these runs (the others keep their status). ``retry_failed``: train runs whose
     last attempt failed again (from their last checkpoint when they have one).
+    ``downstream``: run the downstream stage (`noisylm.experiments.downstream`) after training, with the
+    config's ``[downstream]`` settings or the defaults; it also runs when the config has that section.
     """
     if not isinstance(config, SweepConfig):
         config = load_sweep_config(config, overrides)
     elif overrides:
         raise UsageError("overrides apply to a preset or config file, not to a SweepConfig object")
+    if downstream and config.downstream is None:
+        config = dataclasses.replace(config, downstream=DownstreamConfig())
+    if config.downstream is not None and not print_commands:
+        from noisylm.probing.datasets import load_dataset
+
+        d = config.downstream  # its dataset is checked before hours of training, not after
+        load_dataset(d.dataset, seed=d.split_seed, max_train=d.max_train, max_test=d.max_test)
     out = Path(out_dir)
     grid = config.grid()
     if only:
@@ -93,7 +103,9 @@ def sweep(
         },
     )
     for run in plan:
-        atomic_write_json(out / run.train_config, train_config_for(config, out / run.data, domains))
+        atomic_write_json(
+            out / run.train_config, train_config_for(config, out / run.data, domains, run.replicate)
+        )
 
     if print_commands:
         unfinished = [
@@ -124,7 +136,12 @@ def sweep(
     else:
         for job in jobs:
             _run_job(config, out, *job, in_process=True)
-    return write_summary(out)
+    summary = write_summary(out)
+    if config.downstream is not None:
+        from noisylm.experiments.downstream import downstream_stage
+
+        summary["downstream"] = downstream_stage(out, config.downstream)
+    return summary
 
 
 _SUMMARY_LOCK = threading.Lock()
@@ -179,13 +196,16 @@ def _config_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return first_difference(_results_only(old), _results_only(new))
 
 
-# Settings that change how runs are launched or logged, not their numbers: a sweep may resume with others.
-LAUNCH_ONLY = {"launcher", "nproc_per_node"}
+# Settings that change how runs are launched or logged, not their numbers: a sweep may resume with others
+# (the downstream stage reads the finished runs and changes none of them).
+LAUNCH_ONLY = {"launcher", "nproc_per_node", "downstream"}
+# Keys added to the sweep config later, with the value a sweep written before them had.
+ADDED_KEYS = {"replicates": 1}
 TRAIN_LAUNCH_ONLY = {"progress", "tensorboard", "wandb_project", "wandb_run_name", "threads", "log_interval"}
 
 
 def _results_only(config: dict[str, Any]) -> dict[str, Any]:
-    kept = {k: v for k, v in config.items() if k not in LAUNCH_ONLY}
+    kept = {**ADDED_KEYS, **{k: v for k, v in config.items() if k not in LAUNCH_ONLY}}
     train = kept.get("train")
     if isinstance(train, dict):
         kept["train"] = {k: v for k, v in train.items() if k not in TRAIN_LAUNCH_ONLY}
