@@ -15,6 +15,7 @@ run directory) are skipped, interrupted runs continue from their last checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -41,6 +42,7 @@ from noisylm.experiments.plan import (
     run_status,
     train_config_for,
 )
+from noisylm.experiments.progress import SweepProgress
 from noisylm.experiments.summary import write_summary
 
 
@@ -54,6 +56,7 @@ def sweep(
     only: list[str] | None = None,
     retry_failed: bool = False,
     downstream: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every run of the sweep in ``out_dir``; return the sweep summary.
 
@@ -65,6 +68,8 @@ def sweep(
     last attempt failed again (from their last checkpoint when they have one).
     ``downstream``: run the downstream stage (`noisylm.experiments.downstream`) after training, with the
     config's ``[downstream]`` settings or the defaults; it also runs when the config has that section.
+    ``progress``: show every running run's progress and the sweep's (`SweepProgress`: bars in a
+    terminal, occasional plain lines in a log); None = the recipe's ``train.progress`` (default on).
     """
     if not isinstance(config, SweepConfig):
         config = load_sweep_config(config, overrides)
@@ -128,14 +133,19 @@ def sweep(
             print(f"[{index}/{len(todo)}] {run.name}: {status}, skipped", file=sys.stderr)
         else:
             jobs.append((f"[{index}/{len(todo)}] {run.name}", run, status))
-    if config.parallel > 1 and len(jobs) > 1:
-        from concurrent.futures import ThreadPoolExecutor
+    show = bool(config.train.get("progress", True)) if progress is None else progress
+    monitor = SweepProgress(len(jobs)) if show and jobs else None
+    with monitor or contextlib.nullcontext():
+        if config.parallel > 1 and len(jobs) > 1:
+            from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=config.parallel) as pool:
-            list(pool.map(lambda job: _run_job(config, out, *job, in_process=False), jobs))
-    else:
-        for job in jobs:
-            _run_job(config, out, *job, in_process=True)
+            with ThreadPoolExecutor(max_workers=config.parallel) as pool:
+                list(
+                    pool.map(lambda job: _run_job(config, out, *job, in_process=False, monitor=monitor), jobs)
+                )
+        else:
+            for job in jobs:
+                _run_job(config, out, *job, in_process=True, monitor=monitor)
     summary = write_summary(out)
     if config.downstream is not None:
         from noisylm.experiments.downstream import downstream_stage
@@ -148,14 +158,25 @@ _SUMMARY_LOCK = threading.Lock()
 
 
 def _run_job(
-    config: SweepConfig, out: Path, label: str, run: PlannedRun, status: str, in_process: bool
+    config: SweepConfig,
+    out: Path,
+    label: str,
+    run: PlannedRun,
+    status: str,
+    in_process: bool,
+    monitor: SweepProgress | None = None,
 ) -> None:
     run_dir = out / run.run_dir
     verb = "resuming" if status == "interrupted" else "training"
     print(f"{label}: {verb} in {run_dir}", file=sys.stderr, flush=True)
+    if monitor is not None:
+        total = int(read_json(out / run.train_config, "run config").get("max_iters", 0) or 0)
+        monitor.start(run.name, run_dir, total)
     try:
         if in_process:
-            _train_one(config, out / run.train_config, run_dir, resume=has_checkpoint(run_dir))
+            # The sweep's monitor shows the run; the trainer's own bar would draw a second one.
+            quiet = monitor is not None
+            _train_one(config, out / run.train_config, run_dir, resume=has_checkpoint(run_dir), quiet=quiet)
         else:
             _train_subprocess(out / run.train_config, run_dir, resume=has_checkpoint(run_dir))
         print(f"{label}: {run_status(run_dir)}", file=sys.stderr, flush=True)
@@ -165,6 +186,8 @@ def _run_job(
     except _Stopped as exc:
         print(f"{label}: {exc}", file=sys.stderr, flush=True)
     finally:
+        if monitor is not None:
+            monitor.finish(run.name, run_status(run_dir))
         with _SUMMARY_LOCK:  # parallel runs finish in worker threads; one summary writer at a time
             write_summary(out)
 
@@ -328,7 +351,9 @@ def _train_argv(config: SweepConfig, config_path: Path, run_dir: Path, head: lis
     return [*(head or ["noisylm"]), *args]
 
 
-def _train_one(config: SweepConfig, config_path: Path, run_dir: Path, resume: bool) -> None:
+def _train_one(
+    config: SweepConfig, config_path: Path, run_dir: Path, resume: bool, quiet: bool = False
+) -> None:
     if config.launcher == "torchrun":
         # This interpreter's torchrun, whatever is on PATH.
         argv = _train_argv(config, config_path, run_dir, head=[sys.executable, "-m", "torch.distributed.run"])
@@ -339,6 +364,8 @@ def _train_one(config: SweepConfig, config_path: Path, run_dir: Path, resume: bo
     from noisylm.training import TrainConfig, train
 
     values = read_json(config_path, "run config")
+    if quiet:
+        values["progress"] = False  # launch-only: the numbers do not depend on it
     train(TrainConfig.from_dict(values), run_dir, resume=resume, overwrite=not resume)
 
 
