@@ -405,7 +405,7 @@ def _downstream_section(folder: Path, sweep: SweepDir) -> None:
     from noisylm.artifacts import read_json
 
     result = read_json(source, "downstream results")
-    section = _Section(folder, "Table 1: noisy pre-training -> downstream probes", 60)
+    section = _Section(folder, "Table 1: noisy pre-training -> downstream probes", 70)
     section.text(downstream.report_text(result))
     columns = (
         [c for c in result["table1"][0] if c not in ("run", "model", "replicates")]
