@@ -123,3 +123,14 @@ def test_not_a_sweep_directory(tmp_path, finished_sweep):
     (other / "sweep.json").write_text(json.dumps(meta))
     with pytest.raises(NoisyLMError, match="run entry without run_dir"):
         SweepDir.open(other)
+
+
+def test_sweeps_written_before_replicates_read_as_replicate_0(sweep_copy):
+    meta = json.loads((sweep_copy / "sweep.json").read_text())
+    for entry in meta["runs"]:
+        entry.pop("replicate", None)
+    (sweep_copy / "sweep.json").write_text(json.dumps(meta))
+    view = SweepDir.open(sweep_copy)
+    assert [r.replicate for r in view.runs] == [0] * len(view.runs) and view.replicates == 1
+    assert view.clean_of(view.run("uniform-a0.2")).name == "clean"
+    assert view.points == view.names

@@ -61,6 +61,9 @@ def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bo
     if summary["counts"].get("failed"):
         failures.append("sweep: some runs failed (see summary.md)")
     print((sweep_dir / "summary.md").read_text("utf-8"))
+    if "downstream" in summary:  # the sweep config's [downstream] stage ran after training
+        print((sweep_dir / "downstream" / "table1.md").read_text("utf-8"))
+        print((sweep_dir / "downstream" / "differences.md").read_text("utf-8"))
 
     start = _step("What: report (Figs. 2, 3, 4, 8 and the per-run table)")
     report_dir = report(sweep_dir)

@@ -72,6 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--retry-failed", action="store_true", help="train runs whose last attempt failed again"
     )
     sweep.add_argument(
+        "--downstream",
+        action="store_true",
+        help="after training, probe every run's features on a labelled task (Table 1: CE and CE + L_gm, "
+        "linear and MLP) into SWEEP/downstream/; the config's [downstream] section, or its defaults",
+    )
+    sweep.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an output directory that is not this sweep (or holds it with different settings)",
@@ -113,6 +119,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print_commands=args.print_commands,
         only=args.only,
         retry_failed=args.retry_failed,
+        downstream=args.downstream,
     )
     if args.slurm:
         return _slurm(args, summary["command_runs"])
@@ -122,6 +129,8 @@ def _sweep(args: argparse.Namespace) -> int:
         return 0
     counts = ", ".join(f"{n} {status}" for status, n in summary["counts"].items() if n)
     print(f"sweep {summary['name']}: {counts}; summary in {args.out}/summary.md")
+    if "downstream" in summary:
+        print(f"downstream probes: {args.out}/downstream/table1.md, {args.out}/downstream/differences.md")
     return 1 if summary["counts"].get("failed") else 0
 
 

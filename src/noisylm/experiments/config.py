@@ -45,6 +45,50 @@ class NoiseSpec:
 
 
 @dataclass
+class DownstreamConfig:
+    """The downstream stage (the paper's Table 1 at sweep scale): after training, features of every
+    run's final checkpoint on a labelled task, probed with CE and CE + L_gm at a fixed recipe.
+
+    dataset: a bundled dataset name or a path (`noisylm extract`'s); the default is which of the bundled
+    Shakespeare texts a passage comes from. runs: the runs to probe (empty = every run). heads,
+    losses: as for `noisylm probe`. seeds: probe seeds per head and loss (mean ± std, and the pairs of
+    the paired differences). epochs, lr, batch_size, gamma, lam: the one recipe every probe trains with
+    (no grid search). pooling, max_length, extract_batch_size: feature extraction. max_train,
+    max_test: stratified caps of the dataset's splits. split_seed: seed of the dataset's splits.
+    device: where extraction and probing run.
+    """
+
+    dataset: str = "shakespeare-plays"
+    runs: list[str] = field(default_factory=list)
+    heads: list[str] = field(default_factory=lambda: ["linear", "mlp"])
+    losses: list[str] = field(default_factory=lambda: ["ce", "lgm"])
+    seeds: int = 3
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 32
+    gamma: float = 0.01
+    lam: float = 0.15
+    pooling: str = "mean"
+    max_length: int = 128
+    extract_batch_size: int = 64
+    max_train: int | None = None
+    max_test: int | None = None
+    split_seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.seeds < 2:
+            raise UsageError(f"downstream seeds must be >= 2 (mean ± std over them), got {self.seeds}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise UsageError("downstream epochs, batch_size and lr must be positive")
+        if "ce" not in self.losses:
+            raise UsageError("downstream losses must include 'ce' (Table 1 compares CE with CE + L_gm)")
+        if self.pooling not in ("mean", "last"):
+            raise UsageError(f"downstream pooling {self.pooling!r} is not valid; use 'mean' or 'last'")
+        self.heads, self.losses, self.runs = list(self.heads), list(self.losses), list(self.runs)
+
+
+@dataclass
 class SweepConfig:
     """A sweep: one clean corpus, a grid of noisy variants, one shared training recipe."""
 
@@ -66,9 +110,19 @@ class SweepConfig:
     # Runs trained at once, each in its own `noisylm train` process on one thread (launcher "inprocess"
     # only): on a small CPU, two single-threaded runs use two cores better than one two-threaded run.
     parallel: int = 1
+    # Each run (clean and noisy) repeated this many times: replicate r trains with seed + r and
+    # data_seed + r on the same shard set, named `clean-r1`, `uniform-a0.05-r1` (r = 0: the plain name),
+    # and the summary gives each paired difference with its 95% interval over the replicates.
+    replicates: int = 1
+    # The downstream stage (Table 1), run after training; None = no downstream stage.
+    downstream: DownstreamConfig | None = None
 
     def __post_init__(self) -> None:
         self.noise = [n if isinstance(n, NoiseSpec) else _make(NoiseSpec, n, "noise") for n in self.noise]
+        if self.downstream is not None and not isinstance(self.downstream, DownstreamConfig):
+            self.downstream = _make(DownstreamConfig, self.downstream, "[downstream]")
+        if self.replicates < 1:
+            raise UsageError(f"replicates must be >= 1, got {self.replicates}")
         if not self.name or "/" in self.name:
             raise UsageError(f"sweep name {self.name!r} must be a non-empty name without '/'")
         if self.placement not in ("append", "interleave"):
@@ -96,14 +150,25 @@ class SweepConfig:
         clash = set(names) & set(self.domains)
         if clash:
             raise UsageError(f"domain name(s) {sorted(clash)} clash with run names; rename the domain")
+        if self.downstream is not None:
+            unknown = sorted(set(self.downstream.runs) - set(names))
+            if unknown:
+                raise UsageError(
+                    f"[downstream] runs {unknown} are not in the grid; choose from: {', '.join(names)}"
+                )
 
     def grid(self) -> list[PlannedRun]:
-        """The runs of the sweep, clean first, then each noise kind in the order given, each in the
-        sweep directory's layout (`PlannedRun.in_layout`)."""
-        runs = [PlannedRun.in_layout("clean", None, 0.0, {})] if self.clean else []
-        for spec in self.noise:
-            for alpha in spec.alphas:
-                runs.append(PlannedRun.in_layout(run_name(spec.kind, alpha), spec.kind, alpha, spec.params))
+        """The runs of the sweep, replicate by replicate (so that the first complete set finishes
+        first), each clean first, then each noise kind in the order given, each in the sweep
+        directory's layout (`PlannedRun.in_layout`)."""
+        runs = []
+        for replicate in range(self.replicates):
+            if self.clean:
+                runs.append(PlannedRun.in_layout("clean", None, 0.0, {}, replicate))
+            for spec in self.noise:
+                for alpha in spec.alphas:
+                    point = run_name(spec.kind, alpha)
+                    runs.append(PlannedRun.in_layout(point, spec.kind, alpha, spec.params, replicate))
         seen: set[str] = set()
         for run in runs:
             if run.name in seen:
@@ -152,7 +217,11 @@ def sweep_fields() -> dict[str, Any]:
     """The type of every sweep config key for `parse_overrides` (``train`` as TrainConfig's fields)."""
     from noisylm.training.config import TrainConfig, field_types
 
-    return {**field_types(SweepConfig), "train": field_types(TrainConfig)}
+    return {
+        **field_types(SweepConfig),
+        "train": field_types(TrainConfig),
+        "downstream": field_types(DownstreamConfig),
+    }
 
 
 def _read_source(source: str | os.PathLike) -> dict[str, Any]:

@@ -15,6 +15,7 @@ run directory) are skipped, interrupted runs continue from their last checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -32,7 +33,7 @@ from noisylm.artifacts import (
     read_json,
 )
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.experiments.config import SweepConfig, load_sweep_config
+from noisylm.experiments.config import DownstreamConfig, SweepConfig, load_sweep_config
 from noisylm.experiments.plan import (
     SWEEP_FORMAT,
     PlannedRun,
@@ -41,6 +42,7 @@ from noisylm.experiments.plan import (
     run_status,
     train_config_for,
 )
+from noisylm.experiments.progress import SweepProgress
 from noisylm.experiments.summary import write_summary
 
 
@@ -53,6 +55,8 @@ def sweep(
     print_commands: bool = False,
     only: list[str] | None = None,
     retry_failed: bool = False,
+    downstream: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every run of the sweep in ``out_dir``; return the sweep summary.
 
@@ -62,11 +66,22 @@ def sweep(
     ``"command_runs"``, the names of those runs.
     ``only``: train just these runs (the others keep their status). ``retry_failed``: train runs whose
     last attempt failed again (from their last checkpoint when they have one).
+    ``downstream``: run the downstream stage (`noisylm.experiments.downstream`) after training, with the
+    config's ``[downstream]`` settings or the defaults; it also runs when the config has that section.
+    ``progress``: show every running run's progress and the sweep's (`SweepProgress`: bars in a
+    terminal, occasional plain lines in a log); None = the recipe's ``train.progress`` (default on).
     """
     if not isinstance(config, SweepConfig):
         config = load_sweep_config(config, overrides)
     elif overrides:
         raise UsageError("overrides apply to a preset or config file, not to a SweepConfig object")
+    if downstream and config.downstream is None:
+        config = dataclasses.replace(config, downstream=DownstreamConfig())
+    if config.downstream is not None and not print_commands:
+        from noisylm.probing.datasets import load_dataset
+
+        d = config.downstream  # its dataset is checked before hours of training, not after
+        load_dataset(d.dataset, seed=d.split_seed, max_train=d.max_train, max_test=d.max_test)
     out = Path(out_dir)
     grid = config.grid()
     if only:
@@ -93,7 +108,9 @@ def sweep(
         },
     )
     for run in plan:
-        atomic_write_json(out / run.train_config, train_config_for(config, out / run.data, domains))
+        atomic_write_json(
+            out / run.train_config, train_config_for(config, out / run.data, domains, run.replicate)
+        )
 
     if print_commands:
         unfinished = [
@@ -116,29 +133,50 @@ def sweep(
             print(f"[{index}/{len(todo)}] {run.name}: {status}, skipped", file=sys.stderr)
         else:
             jobs.append((f"[{index}/{len(todo)}] {run.name}", run, status))
-    if config.parallel > 1 and len(jobs) > 1:
-        from concurrent.futures import ThreadPoolExecutor
+    show = bool(config.train.get("progress", True)) if progress is None else progress
+    monitor = SweepProgress(len(jobs)) if show and jobs else None
+    with monitor or contextlib.nullcontext():
+        if config.parallel > 1 and len(jobs) > 1:
+            from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=config.parallel) as pool:
-            list(pool.map(lambda job: _run_job(config, out, *job, in_process=False), jobs))
-    else:
-        for job in jobs:
-            _run_job(config, out, *job, in_process=True)
-    return write_summary(out)
+            with ThreadPoolExecutor(max_workers=config.parallel) as pool:
+                list(
+                    pool.map(lambda job: _run_job(config, out, *job, in_process=False, monitor=monitor), jobs)
+                )
+        else:
+            for job in jobs:
+                _run_job(config, out, *job, in_process=True, monitor=monitor)
+    summary = write_summary(out)
+    if config.downstream is not None:
+        from noisylm.experiments.downstream import downstream_stage
+
+        summary["downstream"] = downstream_stage(out, config.downstream)
+    return summary
 
 
 _SUMMARY_LOCK = threading.Lock()
 
 
 def _run_job(
-    config: SweepConfig, out: Path, label: str, run: PlannedRun, status: str, in_process: bool
+    config: SweepConfig,
+    out: Path,
+    label: str,
+    run: PlannedRun,
+    status: str,
+    in_process: bool,
+    monitor: SweepProgress | None = None,
 ) -> None:
     run_dir = out / run.run_dir
     verb = "resuming" if status == "interrupted" else "training"
     print(f"{label}: {verb} in {run_dir}", file=sys.stderr, flush=True)
+    if monitor is not None:
+        total = int(read_json(out / run.train_config, "run config").get("max_iters", 0) or 0)
+        monitor.start(run.name, run_dir, total)
     try:
         if in_process:
-            _train_one(config, out / run.train_config, run_dir, resume=has_checkpoint(run_dir))
+            # The sweep's monitor shows the run; the trainer's own bar would draw a second one.
+            quiet = monitor is not None
+            _train_one(config, out / run.train_config, run_dir, resume=has_checkpoint(run_dir), quiet=quiet)
         else:
             _train_subprocess(out / run.train_config, run_dir, resume=has_checkpoint(run_dir))
         print(f"{label}: {run_status(run_dir)}", file=sys.stderr, flush=True)
@@ -148,6 +186,8 @@ def _run_job(
     except _Stopped as exc:
         print(f"{label}: {exc}", file=sys.stderr, flush=True)
     finally:
+        if monitor is not None:
+            monitor.finish(run.name, run_status(run_dir))
         with _SUMMARY_LOCK:  # parallel runs finish in worker threads; one summary writer at a time
             write_summary(out)
 
@@ -179,13 +219,16 @@ def _config_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return first_difference(_results_only(old), _results_only(new))
 
 
-# Settings that change how runs are launched or logged, not their numbers: a sweep may resume with others.
-LAUNCH_ONLY = {"launcher", "nproc_per_node"}
+# Settings that change how runs are launched or logged, not their numbers: a sweep may resume with others
+# (the downstream stage reads the finished runs and changes none of them).
+LAUNCH_ONLY = {"launcher", "nproc_per_node", "downstream"}
+# Keys added to the sweep config later, with the value a sweep written before them had.
+ADDED_KEYS = {"replicates": 1}
 TRAIN_LAUNCH_ONLY = {"progress", "tensorboard", "wandb_project", "wandb_run_name", "threads", "log_interval"}
 
 
 def _results_only(config: dict[str, Any]) -> dict[str, Any]:
-    kept = {k: v for k, v in config.items() if k not in LAUNCH_ONLY}
+    kept = {**ADDED_KEYS, **{k: v for k, v in config.items() if k not in LAUNCH_ONLY}}
     train = kept.get("train")
     if isinstance(train, dict):
         kept["train"] = {k: v for k, v in train.items() if k not in TRAIN_LAUNCH_ONLY}
@@ -308,7 +351,9 @@ def _train_argv(config: SweepConfig, config_path: Path, run_dir: Path, head: lis
     return [*(head or ["noisylm"]), *args]
 
 
-def _train_one(config: SweepConfig, config_path: Path, run_dir: Path, resume: bool) -> None:
+def _train_one(
+    config: SweepConfig, config_path: Path, run_dir: Path, resume: bool, quiet: bool = False
+) -> None:
     if config.launcher == "torchrun":
         # This interpreter's torchrun, whatever is on PATH.
         argv = _train_argv(config, config_path, run_dir, head=[sys.executable, "-m", "torch.distributed.run"])
@@ -319,6 +364,8 @@ def _train_one(config: SweepConfig, config_path: Path, run_dir: Path, resume: bo
     from noisylm.training import TrainConfig, train
 
     values = read_json(config_path, "run config")
+    if quiet:
+        values["progress"] = False  # launch-only: the numbers do not depend on it
     train(TrainConfig.from_dict(values), run_dir, resume=resume, overwrite=not resume)
 
 

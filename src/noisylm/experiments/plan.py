@@ -38,14 +38,33 @@ class PlannedRun:
     data: str  # the shard set it trains on
     run_dir: str  # its trainer run directory
     train_config: str  # its TrainConfig as JSON (what `noisylm train` is given)
+    # Which repetition of its grid point (0-based): replicate r trains with seed + r and data_seed + r
+    # on the same shard set (the noise seed is not varied), so replicates pair run by run.
+    replicate: int = 0
 
     @classmethod
-    def in_layout(cls, name: str, kind: str | None, alpha: float, params: dict[str, Any]) -> PlannedRun:
-        """A run placed in the sweep directory's layout: ``data/NAME``, ``runs/NAME``,
-        ``configs/NAME.json`` (the sweep moves the clean run's ``data`` to where its corpus is)."""
+    def in_layout(
+        cls, point: str, kind: str | None, alpha: float, params: dict[str, Any], replicate: int = 0
+    ) -> PlannedRun:
+        """A run placed in the sweep directory's layout: ``data/POINT`` (shared by the replicates of the
+        grid point), ``runs/NAME``, ``configs/NAME.json`` with NAME = `replicate_name` (the sweep moves
+        the clean run's ``data`` to where its corpus is)."""
+        name = replicate_name(point, replicate)
         return cls(
-            name, kind, float(alpha), dict(params), f"data/{name}", f"runs/{name}", f"configs/{name}.json"
+            name,
+            kind,
+            float(alpha),
+            dict(params),
+            f"data/{point}",
+            f"runs/{name}",
+            f"configs/{name}.json",
+            int(replicate),
         )
+
+    @property
+    def point(self) -> str:
+        """The grid point's name, the same for all its replicates (`clean`, `uniform-a0.05`)."""
+        return "clean" if self.kind is None else run_name(self.kind, self.alpha)
 
     def entry(self) -> dict[str, Any]:
         """The run as ``sweep.json`` lists it."""
@@ -55,7 +74,11 @@ class PlannedRun:
     def from_entry(cls, entry: Any, source: Path) -> PlannedRun:
         """Read one ``sweep.json`` run entry back; ``source`` names the file in errors."""
         fields = [f.name for f in dataclasses.fields(cls)]
-        missing = [k for k in fields if k != "params" and k not in (entry if isinstance(entry, dict) else {})]
+        missing = [
+            k
+            for k in fields
+            if k not in ("params", "replicate") and k not in (entry if isinstance(entry, dict) else {})
+        ]
         if missing:
             raise NoisyLMError(
                 f"{source} has a run entry without {', '.join(missing)}; regenerate it with `noisylm sweep`"
@@ -68,12 +91,18 @@ class PlannedRun:
             data=entry["data"],
             run_dir=entry["run_dir"],
             train_config=entry["train_config"],
+            replicate=int(entry.get("replicate", 0)),  # sweeps written before replicates existed
         )
 
 
 def run_name(kind: str, alpha: float) -> str:
     """`uniform-a0.05`: the directory name of the run with ``kind`` noise at proportion ``alpha``."""
     return f"{kind}-a{alpha:g}"
+
+
+def replicate_name(point: str, replicate: int) -> str:
+    """`uniform-a0.05-r1`: replicate ``replicate`` of a grid point; replicate 0 keeps the plain name."""
+    return point if replicate == 0 else f"{point}-r{replicate}"
 
 
 def relative_to_sweep(path: Path, root: Path) -> str:
@@ -84,12 +113,17 @@ def relative_to_sweep(path: Path, root: Path) -> str:
         return str(path.resolve())
 
 
-def train_config_for(config: SweepConfig, data_dir: Path, domains: dict[str, Path]) -> dict[str, Any]:
-    """The TrainConfig fields of one run: the shared recipe plus this run's data and eval sets."""
+def train_config_for(
+    config: SweepConfig, data_dir: Path, domains: dict[str, Path], replicate: int = 0
+) -> dict[str, Any]:
+    """The TrainConfig fields of one run: the shared recipe plus this run's data and eval sets; replicate
+    r moves both the seed and the data seed by r (a data seed left unset follows the seed)."""
     values = copy.deepcopy(config.train)
     values["data"] = str(Path(data_dir).resolve())
     values["eval_sets"] = {name: str(Path(p).resolve()) for name, p in domains.items()}
-    values["seed"] = config.seed
+    values["seed"] = config.seed + replicate
+    if replicate and values.get("data_seed") is not None:
+        values["data_seed"] = int(values["data_seed"]) + replicate
     return values
 
 

@@ -41,6 +41,7 @@ from noisylm.experiments.comparison import (
     sweep_curves,
 )
 from noisylm.experiments.index_page import write_index
+from noisylm.experiments.replicates import NO_INTERVAL, replicate_differences
 from noisylm.experiments.rundir import SweepDir
 from noisylm.plotting import figure_row, save_png
 
@@ -67,11 +68,18 @@ def report(sweep_dir: str | os.PathLike) -> Path:
     domains = sorted({n for r in runs for n in r.evals} - {"val", "noise"})
     vocab = next((int(r.manifest["vocab_size"]) for r in sweep.runs if r.manifest is not None), None)
 
-    _runs_section(out / "runs", runs, clean, domains)
-    _fig2_section(out / "fig2", runs, clean)
-    _fig3_section(out / "fig3", runs, clean, vocab)
-    _fig4_section(out / "fig4", runs, clean, domains)
+    # Each run's table row against the clean run of its own replicate; the figures draw replicate 0
+    # (the replicates' spread is in the paired-differences section).
+    replicate_of = {r.name: r.replicate for r in sweep.runs}
+    cleans = {replicate_of[r.name]: r for r in runs if r.kind is None and sweep.clean_run is not None}
+    _runs_section(out / "runs", runs, cleans, domains, replicate_of)
+    _replicates_section(out / "replicates", sweep)
+    first = [r for r in runs if replicate_of[r.name] == 0]
+    _fig2_section(out / "fig2", first, clean)
+    _fig3_section(out / "fig3", first, clean, vocab)
+    _fig4_section(out / "fig4", first, clean, domains)
     _fig8_section(out / "fig8", sweep)
+    _downstream_section(out / "downstream", sweep)
     atomic_write_json(out / "provenance.json", provenance({"sweep_dir": str(sweep.path)}, sweep.seed))
     write_index(out)
     return out
@@ -134,9 +142,15 @@ def _style(run: RunCurves, runs: list[RunCurves]) -> dict[str, Any]:
     return {"color": color, "linestyle": KIND_STYLE.get(run.kind, "-."), "linewidth": 1.3, "label": run.label}
 
 
-def _runs_section(folder: Path, runs: list[RunCurves], clean: RunCurves | None, domains: list[str]) -> None:
+def _runs_section(
+    folder: Path,
+    runs: list[RunCurves],
+    cleans: dict[int, RunCurves],
+    domains: list[str],
+    replicate_of: dict[str, int],
+) -> None:
     section = _Section(folder, "Final numbers per run", 10)
-    rows = [final_row(r, clean, domains) for r in runs]
+    rows = [final_row(r, cleans.get(replicate_of[r.name]), domains) for r in runs]
     formats = {
         "alpha": "g",
         "alpha_achieved": ".4f",
@@ -156,8 +170,49 @@ def _runs_section(folder: Path, runs: list[RunCurves], clean: RunCurves | None, 
         "after the same number of clean training tokens; loss on the run's own noise and on other domains.",
         formats,
     )
-    if clean is None:
+    if not cleans:
         section.text("The sweep has no clean run, so increases over the clean run are not available.")
+    elif max(replicate_of.values(), default=0) > 0:
+        section.text("Replicate r (runs named -rR) is compared with the clean run of the same replicate.")
+    section.write()
+
+
+def _replicates_section(folder: Path, sweep: SweepDir) -> None:
+    section = _Section(folder, "Paired differences over replicates", 15)
+    rows = replicate_differences(sweep)
+    n = sweep.replicates
+    section.text(
+        f"{n} replicate{'s' if n > 1 else ''} of every run (replicate r trains with seed + r and data seed "
+        "+ r on the same data). Each difference is paired within a replicate; the mean over replicates "
+        "is given with its 95% t interval, and 'within noise' when the interval contains 0. The eval "
+        "windows' standard error measures evaluation sampling, not the training chaos that dominates "
+        "at this scale, so it is not the interval given here."
+        + (f" {NO_INTERVAL}: set `replicates` to 3 or more for intervals." if n == 1 else "")
+    )
+    if rows:
+        table = [
+            {
+                "comparison": r["comparison"],
+                "measure": r["measure"],
+                "replicates": r["n"],
+                "mean": r["mean"],
+                "low": r["low"],
+                "high": r["high"],
+                "verdict": "–"
+                if r["within_noise"] is None
+                else ("within noise" if r["within_noise"] else "0 outside"),
+            }
+            for r in rows
+        ]
+        section.table(
+            table,
+            "differences",
+            "Paired differences (relative to the clean run's final clean validation loss): mean and "
+            "95% interval over replicates.",
+            {"mean": "+.2%", "low": "+.2%", "high": "+.2%"},
+        )
+    else:
+        section.text("No paired difference yet: needs finished clean and noisy runs of the same replicate.")
     section.write()
 
 
@@ -337,6 +392,53 @@ def _fig8_section(folder: Path, sweep: SweepDir) -> None:
         "frequent id.",
         {"entropy_nats": ".3f", "top_prior": ".4f"},
     )
+    section.write()
+
+
+def _downstream_section(folder: Path, sweep: SweepDir) -> None:
+    """Table 1 at sweep scale, from ``SWEEP/downstream/downstream.json`` when the stage has run."""
+    from noisylm.experiments import downstream
+
+    source = sweep.path / "downstream" / "downstream.json"
+    if not source.is_file():
+        return
+    from noisylm.artifacts import read_json
+
+    result = read_json(source, "downstream results")
+    section = _Section(folder, "Table 1: noisy pre-training -> downstream probes", 70)
+    section.text(downstream.report_text(result))
+    columns = (
+        [c for c in result["table1"][0] if c not in ("run", "model", "replicates")]
+        if result["table1"]
+        else []
+    )
+    rows = [
+        {"model": r["model"], **{c: downstream.cell_text(r[c]) for c in columns}} for r in result["table1"]
+    ]
+    if rows:
+        section.table(rows, "table1", "Test accuracy (%), mean ± std over probe seeds.", {})
+    diffs = []
+    for r in result["differences"]:
+        interval, verdict = downstream.difference_text(r)
+        diffs.append(
+            {
+                "comparison": r["comparison"],
+                "head": r["head"],
+                "loss": r["loss"],
+                "pairs": r["pairs"],
+                "mean (points)": r["mean"],
+                "95% interval": interval,
+                "verdict": verdict,
+            }
+        )
+    if diffs:
+        section.table(
+            diffs,
+            "differences",
+            "Accuracy of each noisy run minus the clean run of its replicate, paired by probe seed "
+            "(percentage points), with the 95% t interval over the pairs.",
+            {"mean (points)": "+.2f"},
+        )
     section.write()
 
 

@@ -61,6 +61,16 @@ class SweepRun:
         return dict(self.plan.params)
 
     @property
+    def replicate(self) -> int:
+        """Which repetition of its grid point the run is (0-based; seed and data seed + replicate)."""
+        return self.plan.replicate
+
+    @property
+    def point(self) -> str:
+        """The grid point's name, shared by its replicates (`clean`, `uniform-a0.05`)."""
+        return self.plan.point
+
+    @property
     def data_dir(self) -> Path:
         return self.root / self.plan.data
 
@@ -193,7 +203,28 @@ class SweepDir:
 
     @property
     def clean(self) -> SweepRun | None:
+        """The clean run of replicate 0 (None when the sweep has none); see `clean_of`."""
         return next((r for r in self.runs if r.name == self.clean_run), None)
+
+    @property
+    def replicates(self) -> int:
+        """How many replicates each grid point has (1 for sweeps written before replicates existed)."""
+        return max((r.replicate for r in self.runs), default=0) + 1
+
+    def clean_of(self, run: SweepRun) -> SweepRun | None:
+        """The clean run of ``run``'s replicate, its pair (None when the sweep has no clean run)."""
+        if self.clean_run is None:
+            return None
+        return next((r for r in self.runs if r.kind is None and r.replicate == run.replicate), None)
+
+    def replicate_runs(self, point: str) -> list[SweepRun]:
+        """The runs of one grid point (`clean`, `uniform-a0.05`), replicate 0 first."""
+        return sorted((r for r in self.runs if r.point == point), key=lambda r: r.replicate)
+
+    @property
+    def points(self) -> list[str]:
+        """The grid points in plan order (each once, whatever the number of replicates)."""
+        return list(dict.fromkeys(r.point for r in self.runs))
 
     def run(self, name: str) -> SweepRun:
         for run in self.runs:

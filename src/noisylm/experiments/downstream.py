@@ -1,0 +1,334 @@
+"""The downstream stage of a sweep (the paper's Table 1 at sweep scale): noisy pre-training -> frozen
+features -> probes trained with CE and CE + L_gm.
+
+`downstream_stage(sweep_dir)` extracts mean-pooled features of every (finished) run's final checkpoint
+on a labelled task (`noisylm.probing.extract` with the backbone ``noisylm:RUN_DIR``) and probes them
+at one fixed recipe with a few seeds (`noisylm.probing.probe`), then writes
+
+    SWEEP/downstream/
+      features/<run>/     the feature cache of each run (reused when its settings match)
+      probe/<run>/        each run's probe (results.jsonl has every seed's test accuracy)
+      table1.md/.csv      rows: clean, each noisy grid point, each also + L_gm; columns: task x head;
+                          test accuracy mean ± std over seeds (and replicates)
+      differences.md/.csv each noisy run's accuracy minus the clean run's, paired by replicate and
+                          probe seed, with its 95% t interval
+      downstream.json     all of it, the config and provenance (`noisylm report` draws its section)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from noisylm.artifacts import atomic_write_json, atomic_write_text, provenance, read_json, read_jsonl
+from noisylm.errors import NoisyLMError
+from noisylm.experiments.config import DownstreamConfig
+from noisylm.experiments.replicates import paired_interval
+from noisylm.experiments.rundir import SweepDir, SweepRun
+
+DOWNSTREAM_FORMAT = "noisylm-downstream/1"
+TRAINED_ON_NOTE = (
+    "The passages come from the texts the models were pre-trained on: the task measures what each "
+    "representation keeps about its training text, not generalisation to unseen text."
+)
+
+
+def downstream_stage(
+    sweep_dir: str | os.PathLike, config: DownstreamConfig | None = None, *, log: bool = True
+) -> dict[str, Any]:
+    """Extract, probe and tabulate every selected finished run of ``sweep_dir``; return (and write to
+    ``downstream/downstream.json``) the tables. ``config``: None = the sweep config's ``[downstream]``
+    section (or the defaults when it has none)."""
+    from noisylm.probing.datasets import load_dataset
+
+    sweep = SweepDir.open(sweep_dir)
+    if config is None:
+        values = sweep.config.get("downstream")
+        config = DownstreamConfig(**values) if isinstance(values, dict) else DownstreamConfig()
+    selected = [r for r in sweep.runs if not config.runs or r.point in config.runs or r.name in config.runs]
+    runs = [r for r in selected if r.status == "finished"]
+    skipped = [r.name for r in selected if r.status != "finished"]
+    if not runs:
+        raise NoisyLMError(f"no finished run in {sweep.path} to probe; run or resume the sweep first")
+    out = sweep.path / "downstream"
+    data = load_dataset(
+        config.dataset, seed=config.split_seed, max_train=config.max_train, max_test=config.max_test
+    )
+    accuracies: dict[str, dict[tuple[str, str], dict[int, float]]] = {}
+    for index, run in enumerate(runs, 1):
+        if log:
+            print(
+                f"[downstream {index}/{len(runs)}] {run.name}: features and probes",
+                file=sys.stderr,
+                flush=True,
+            )
+        cache = _features(run, data, out / "features" / run.name, config)
+        accuracies[run.name] = _probe(cache, out / "probe" / run.name, config)
+    majority = float(np.bincount(data.splits["test"].labels).max() / len(data.splits["test"]))
+    result = {
+        "format": DOWNSTREAM_FORMAT,
+        "dataset": data.name,
+        "num_classes": data.num_classes,
+        "test_examples": len(data.splits["test"]),
+        "majority_rate": majority,
+        "config": dataclasses.asdict(config),
+        "runs": [r.name for r in runs],
+        "skipped": skipped,
+        "table1": table1_rows(sweep, runs, accuracies, config, data.name),
+        "differences": accuracy_differences(sweep, runs, accuracies, config),
+        "accuracies": {
+            name: [
+                {"head": h, "loss": loss, "seed": s, "test_acc": a}
+                for (h, loss), by in cells.items()
+                for s, a in sorted(by.items())
+            ]
+            for name, cells in accuracies.items()
+        },
+        "provenance": provenance(dataclasses.asdict(config), config.split_seed),
+    }
+    _write_tables(out, result)
+    atomic_write_json(out / "downstream.json", result)
+    return result
+
+
+def _features(run: SweepRun, data: Any, cache: Path, config: DownstreamConfig) -> Path:
+    """The run's feature cache: reused when it was made from this run with the same settings."""
+    from noisylm.probing.features import extract
+
+    wanted = {
+        "dataset": data.name,
+        "pooling": config.pooling,
+        "splits": {s: len(data.splits[s]) for s in ("train", "val", "test")},
+    }
+    meta_path = cache / "meta.json"
+    if meta_path.is_file():
+        meta = read_json(meta_path, "feature cache")
+        if all(meta.get(k) == v for k, v in wanted.items()) and (cache / ".run_mtime").is_file():
+            stamp = (cache / ".run_mtime").read_text().strip()
+            if stamp == _run_stamp(run):
+                return cache
+    extract(
+        f"noisylm:{run.run_dir}",
+        data,
+        cache,
+        overwrite=True,
+        progress=False,
+        pooling=config.pooling,
+        max_length=config.max_length,
+        batch_size=config.extract_batch_size,
+        device=config.device,
+        seed=config.split_seed,
+    )
+    atomic_write_text(cache / ".run_mtime", _run_stamp(run) + "\n")
+    return cache
+
+
+def _run_stamp(run: SweepRun) -> str:
+    """Which training the features came from: the run's summary.json (rewritten when it retrains)."""
+    path = run.run_dir / "summary.json"
+    return str(path.stat().st_mtime_ns) if path.is_file() else "none"
+
+
+def _probe(cache: Path, out: Path, config: DownstreamConfig) -> dict[tuple[str, str], dict[int, float]]:
+    """Probe one cache at the fixed recipe; (head, loss) -> seed -> test accuracy (%)."""
+    from noisylm.probing.protocol import ProbeConfig, probe
+
+    probe_config = ProbeConfig(
+        heads=tuple(config.heads),
+        losses=tuple(config.losses),
+        preset="quick",
+        epochs=config.epochs,
+        lrs=(config.lr,),
+        batch_sizes=(config.batch_size,),
+        gammas=(config.gamma,),
+        lams=(config.lam,),
+        seeds=config.seeds,
+        figure6=False,
+        device=config.device,
+        progress=False,
+    )
+    probe([cache], out, probe_config, overwrite=True)
+    cells: dict[tuple[str, str], dict[int, float]] = {}
+    for record in read_jsonl(out / "results.jsonl"):
+        if record.get("phase") == "final":
+            cells.setdefault((record["head"], record["loss"]), {})[int(record["seed"])] = float(
+                record["test_acc"]
+            )
+    return cells
+
+
+def _label(point_run: SweepRun) -> str:
+    return "clean (α = 0)" if point_run.kind is None else f"{point_run.kind} α = {point_run.alpha:g}"
+
+
+def table1_rows(
+    sweep: SweepDir,
+    runs: list[SweepRun],
+    accuracies: dict[str, dict[tuple[str, str], dict[int, float]]],
+    config: DownstreamConfig,
+    dataset: str,
+) -> list[dict[str, Any]]:
+    """Table 1's layout: one row per grid point and loss (CE, then + L_gm), one column per task x head;
+    each cell the test accuracy's mean ± std over the probe seeds of all the point's replicates."""
+    rows = []
+    probed = {r.name for r in runs}
+    for point in sweep.points:
+        members = [r for r in sweep.replicate_runs(point) if r.name in probed]
+        if not members:
+            continue
+        for loss in config.losses:
+            row: dict[str, Any] = {
+                "run": point,
+                "model": _label(members[0]) + ("" if loss == "ce" else f" + {loss}"),
+            }
+            for head in config.heads:
+                values = [a for r in members for a in accuracies[r.name].get((head, loss), {}).values()]
+                row[f"{dataset} {head}"] = _mean_std(values)
+            row["replicates"] = len(members)
+            rows.append(row)
+    return rows
+
+
+def accuracy_differences(
+    sweep: SweepDir,
+    runs: list[SweepRun],
+    accuracies: dict[str, dict[tuple[str, str], dict[int, float]]],
+    config: DownstreamConfig,
+) -> list[dict[str, Any]]:
+    """Each noisy run's test accuracy minus its replicate's clean run's, paired by probe seed (points
+    are percentage points), per head and loss, with the 95% t interval over the (replicate, seed)
+    pairs."""
+    rows = []
+    probed = {r.name: r for r in runs}
+    for point in sweep.points:
+        members = [r for r in sweep.replicate_runs(point) if r.name in probed and r.kind is not None]
+        for head in config.heads:
+            for loss in config.losses:
+                diffs = []
+                for run in members:
+                    clean = sweep.clean_of(run)
+                    if clean is None or clean.name not in probed:
+                        continue
+                    mine = accuracies[run.name].get((head, loss), {})
+                    theirs = accuracies[clean.name].get((head, loss), {})
+                    diffs += [mine[s] - theirs[s] for s in sorted(set(mine) & set(theirs))]
+                if diffs:
+                    stat = paired_interval(diffs)
+                    rows.append(
+                        {
+                            "comparison": f"{point} vs clean",
+                            "head": head,
+                            "loss": loss,
+                            "pairs": stat.n,
+                            "mean": stat.mean,
+                            "low": stat.low,
+                            "high": stat.high,
+                            "within_noise": stat.within_noise,
+                        }
+                    )
+    return rows
+
+
+def _mean_std(values: list[float]) -> dict[str, float | int] | None:
+    if not values:
+        return None
+    array = np.asarray(values, dtype=float)
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+        "n": len(array),
+    }
+
+
+def cell_text(cell: dict[str, Any] | None) -> str:
+    return "–" if cell is None else f"{cell['mean']:.2f} ± {cell['std']:.2f}"
+
+
+def difference_text(row: dict[str, Any]) -> tuple[str, str]:
+    """(interval, verdict) of one accuracy difference row, in percentage points."""
+    if row["low"] is None:
+        return "1 pair: no interval", "–"
+    verdict = "within noise" if row["within_noise"] else "0 outside the interval"
+    return f"[{row['low']:+.2f}, {row['high']:+.2f}]", verdict
+
+
+def table1_markdown(result: dict[str, Any]) -> list[str]:
+    rows = result["table1"]
+    columns = [c for c in rows[0] if c not in ("run", "model", "replicates")] if rows else []
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append(f"| {row['model']} | " + " | ".join(cell_text(row[c]) for c in columns) + " |")
+    return lines
+
+
+def differences_markdown(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "| comparison | head | loss | pairs | mean (points) | 95% interval | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in result["differences"]:
+        interval, verdict = difference_text(row)
+        lines.append(
+            f"| {row['comparison']} | {row['head']} | {row['loss']} | {row['pairs']} | {row['mean']:+.2f} | "
+            f"{interval} | {verdict} |"
+        )
+    return lines
+
+
+def _write_tables(out: Path, result: dict[str, Any]) -> None:
+    caption = (
+        f"Test accuracy (%) of probes on frozen features of each run, task `{result['dataset']}` "
+        f"({result['num_classes']} classes, {result['test_examples']} test passages; majority class "
+        f"{result['majority_rate']:.1%}): mean ± std over probe seeds."
+    )
+    atomic_write_text(out / "table1.md", caption + "\n\n" + "\n".join(table1_markdown(result)) + "\n")
+    atomic_write_text(
+        out / "differences.md",
+        "Accuracy of each noisy run minus the clean run of its replicate (percentage points), paired by "
+        "probe seed, with the 95% t interval.\n\n" + "\n".join(differences_markdown(result)) + "\n",
+    )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    rows = result["table1"]
+    columns = [c for c in rows[0] if c not in ("run", "model", "replicates")] if rows else []
+    writer.writerow(["run", "model", *[f"{c} mean" for c in columns], *[f"{c} std" for c in columns]])
+    for row in rows:
+        means = ["" if row[c] is None else f"{row[c]['mean']:.4f}" for c in columns]
+        stds = ["" if row[c] is None else f"{row[c]['std']:.4f}" for c in columns]
+        writer.writerow([row["run"], row["model"], *means, *stds])
+    atomic_write_text(out / "table1.csv", buffer.getvalue())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["comparison", "head", "loss", "pairs", "mean", "low", "high", "within_noise"])
+    for row in result["differences"]:
+        writer.writerow(
+            [
+                "" if row[k] is None else row[k]
+                for k in ["comparison", "head", "loss", "pairs", "mean", "low", "high", "within_noise"]
+            ]
+        )
+    atomic_write_text(out / "differences.csv", buffer.getvalue())
+
+
+def report_text(result: dict[str, Any]) -> str:
+    """The section's explanation (the note on training text for the bundled task)."""
+    text = (
+        f"Probes on frozen mean-pooled features of each run's final checkpoint, task "
+        f"`{result['dataset']}` ({result['num_classes']} classes; majority class "
+        f"{result['majority_rate']:.1%} of the test split), trained with CE and CE + L_gm "
+        f"at one fixed recipe "
+        f"(lr {result['config']['lr']:g}, batch {result['config']['batch_size']}, "
+        f"{result['config']['epochs']} epochs, {result['config']['seeds']} seeds)."
+    )
+    if result["dataset"] == "shakespeare-plays":
+        text += " " + TRAINED_ON_NOTE
+    if result.get("skipped"):
+        text += f" Not probed (not finished): {', '.join(result['skipped'])}."
+    return text
