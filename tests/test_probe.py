@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from noisylm.cli import main
 from noisylm.errors import NoisyLMError, UsageError
 from noisylm.probing.protocol import (
+    LOGREG_CS,
     ProbeConfig,
     ProbeData,
     RunSpec,
@@ -66,15 +67,22 @@ def test_probe_outputs_and_protocol(digits_probe):
     assert {"probe.json", "results.jsonl", "summary.json", "figure6.png"} <= names
     assert {"table_main.md", "table_main.csv", "table_ablation.md", "table_sensitivity.md"} <= names
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    logreg = [r for r in records if r["phase"].startswith("logreg")]
+    records = [r for r in records if not r["phase"].startswith("logreg")]  # the heads' runs
     select = [r for r in records if r["phase"] == "select"]
     # Grid: ce 1 point per head; lgm and norm 1 lr x 1 batch x 1 gamma x 2 lambdas.
     assert len(select) == 2 * (1 + 2 + 2)
     assert all("test_acc" not in r for r in select)  # test never seen during selection
     assert len([r for r in records if r["phase"] == "final"]) == 2 * 3 * config.seeds
     assert len([r for r in records if r["phase"] == "sensitivity"]) == 2 * config.seeds
+    # A single lr and batch size: every loss's own setting is CE's, so its final runs are its paired runs.
+    assert not [r for r in records if r["phase"] == "paired"]
+    assert [r["phase"] for r in logreg] == ["logreg-select"] * len(LOGREG_CS) + ["logreg"]
+    assert all("test_acc" not in r for r in logreg[:-1]) and "test_acc" in logreg[-1]
     assert len(summary["rows"]) == 6
     assert summary["reused_runs"] == 0 and not partial_dir(out).exists()  # the progress folder is gone
     assert all(r["anchor_weight"] == 0.0 and r["init_head"] is None for r in records)
+    assert all(r["gamma_scale"] == "absolute" and r["feature_noise"] == 0.0 for r in records)
     assert all(r["distance_to_init"] > 0 for r in records if r["phase"] != "figure6")
     for row in summary["rows"]:
         finals = [
@@ -102,7 +110,8 @@ def test_tables_have_the_paper_layout(digits_probe):
     header = main_md[2]
     assert "digits Linear" in header and "digits MLP" in header and "Avg Linear" in header
     rows = [line.split("|")[1].strip() for line in main_md[4:]]
-    assert rows == ["pixels", "pixels + L_gm"]
+    assert rows == ["pixels", "pixels + L_gm", "pixels: logistic regression (C on val)"]
+    assert main_md[6].split("|")[3].strip() == "/"  # the logistic regression is a linear head only
     ce_linear = next(r for r in summary["rows"] if (r["head"], r["loss"]) == ("linear", "ce"))
     assert f"{ce_linear['mean']:.2f} ± {ce_linear['std']:.2f}" in main_md[4]
     csv = (out / "table_main.csv").read_text().splitlines()
@@ -126,7 +135,7 @@ def test_parallel_jobs_give_the_results_of_one_job(digits_probe, digits_cache, t
     assert without_timing(_records(out)) == without_timing(_records(reference))
     assert all(r["seconds"] > 0 for r in _records(out) if r["phase"] != "figure6")
     tables = sorted(p.name for p in reference.glob("table_*"))
-    assert len(tables) == 6
+    assert len(tables) == 8  # main, paired, ablation, sensitivity
     for name in tables:
         assert (out / name).read_text() == (reference / name).read_text(), name
     assert json.loads((out / "probe.json").read_text())["config"]["jobs"] == 2
@@ -278,7 +287,15 @@ def test_probe_on_real_minilm_wordnet_features(wordnet_minilm_cache, digits_cach
     table = (tmp_path / "wn" / "table_main.md").read_text().splitlines()
     assert "| wordnet Linear | digits Linear | Avg Linear |" in table[2]
     names = [line.split("|")[1].strip() for line in table[4:]]
-    assert names == ["minilm", "minilm + L_gm", "pixels", "pixels + L_gm"]
+    reference = "logistic regression (C on val)"
+    assert names == [
+        "minilm",
+        "minilm + L_gm",
+        f"minilm: {reference}",
+        "pixels",
+        "pixels + L_gm",
+        f"pixels: {reference}",
+    ]
     assert table[4].split("|")[3].strip() == "/"  # minilm was not run on digits
 
 
@@ -336,7 +353,7 @@ def test_init_head_is_loaded_and_recorded(digits_cache, tmp_path):
     # lr 1e-12: training cannot move the head, so every run predicts exactly as the file's weights do.
     config = ProbeConfig(
         heads=("linear",), losses=("ce", "lgm"), preset="quick", epochs=1, lrs=(1e-12,), batch_sizes=(256,),
-        seeds=2, figure6=False, device="cpu", progress=False, init_head=str(path),
+        seeds=2, figure6=False, device="cpu", progress=False, init_head=str(path), logreg=False,
     )  # fmt: skip
     summary = probe([digits_cache], tmp_path / "out", config)
     records = _records(tmp_path / "out")
@@ -463,9 +480,12 @@ def test_killed_probe_resumes_without_retraining(digits_cache, tmp_path, capsys)
     args += ["--batch-size", "64", "--lam", "0.15", "0.5", "--seeds", "3", "--sensitivity", "0.05:0.05"]
     args += ["--no-progress"]
     grid = ["--lr", "0.01", "0.003"]
-    total = 2 + 4 + 2 * 3 + 3  # select ce, select lgm, finals, Table 6 (+ 3 Figure 6 runs)
     reference = tmp_path / "reference"
     assert main(["probe", *args, *grid, "--out", str(reference)]) == 0
+    # select ce, select lgm, the C grid, finals, paired runs (if lgm's lr is not ce's), logreg, Table 6
+    paired = sum(r["phase"] == "paired" for r in _records(reference))
+    total = 2 + 4 + len(LOGREG_CS) + 2 * 3 + paired + 1 + 3
+    assert len(_records(reference)) == total + 3  # + 3 Figure 6 runs
 
     out = tmp_path / "out"
     progress = partial_dir(out) / "results.jsonl"
@@ -521,7 +541,18 @@ def _children(pid):
 def test_ctrl_c_keeps_the_finished_runs_and_says_how_to_resume(digits_cache, tmp_path, capsys):
     out = tmp_path / "out"
     args = [str(digits_cache), "--heads", "linear", "--losses", "ce", "--preset", "quick", "--epochs", "8"]
-    args += ["--lr", "0.01", "0.003", "0.001", "--batch-size", "64", "--seeds", "5", "--no-figure6"]
+    args += [
+        "--lr",
+        "0.01",
+        "0.003",
+        "0.001",
+        "--batch-size",
+        "64",
+        "--seeds",
+        "5",
+        "--no-figure6",
+        "--no-logreg",
+    ]
     # Two runs at once in worker processes; Ctrl-C goes to the main process, which stops them.
     proc = _start_probe([*args, "--no-progress", "--jobs", "2"], out)
     workers = _children(proc.pid)
