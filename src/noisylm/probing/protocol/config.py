@@ -197,7 +197,8 @@ def _finite_values(what: str, values: tuple[float, ...], example: str) -> tuple[
     try:
         numbers = tuple(float(v) for v in values)
     except (TypeError, ValueError):
-        raise UsageError(f"{what} values must be numbers such as {example}, got {values!r}") from None
+        shown = ",".join(str(v) for v in values) if isinstance(values, tuple | list) else repr(values)
+        raise UsageError(f"{what} values must be numbers such as {example}, got {shown}") from None
     if any(not (v >= 0 and math.isfinite(v)) for v in numbers):
         raise UsageError(f"{what} values must be finite numbers >= 0, got {numbers}")
     return numbers

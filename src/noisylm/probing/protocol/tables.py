@@ -11,7 +11,7 @@ from typing import Any
 from noisylm.artifacts import atomic_write_text
 from noisylm.probing.protocol.baseline import LOGREG_LABEL
 from noisylm.probing.protocol.config import HEAD_LABELS, LOSS_LABELS, ProbeConfig
-from noisylm.probing.protocol.paired import MIN_SEEDS_FOR_P, t_interval
+from noisylm.probing.protocol.paired import MIN_SEEDS_FOR_P
 
 
 def method_label(backbone: str, sigma: float, config: ProbeConfig) -> str:
@@ -204,11 +204,6 @@ def feature_noise_curves(
     result = []
     for (backbone, dataset, head, loss), by_sigma in curves.items():
         sigmas = sorted(by_sigma)
-        intervals = []
-        for sigma in sigmas:
-            values = by_sigma[sigma].get("values")
-            interval = t_interval(values)[2] if values else None
-            intervals.append(None if interval is None else [round(interval[0], 4), round(interval[1], 4)])
         result.append(
             {
                 "backbone": backbone,
@@ -217,7 +212,7 @@ def feature_noise_curves(
                 "loss": loss,
                 "sigma": sigmas,
                 "mean": [by_sigma[s]["mean"] for s in sigmas],
-                "ci95": intervals,
+                "ci95": [by_sigma[s].get("ci95") for s in sigmas],
                 "n": [by_sigma[s]["n"] for s in sigmas],
             }
         )
