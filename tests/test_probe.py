@@ -888,7 +888,7 @@ def test_cli_gamma_scale_feature_noise_and_paired_lines(digits_cache, tmp_path, 
     assert {r["gamma_scale"] for r in records if r["loss"] == "lgm"} == {"feature-std"}
     assert {r["feature_noise"] for r in records} == {0.0, 0.5}
     cases = [
-        (["--feature-noise", "0,abc"], 2, "feature noise σ values must be numbers such as 0,0.5,1, got 0,abc"),
+        (["--feature-noise", "0,abc"], 2, "σ values must be numbers such as 0,0.5,1, got 0,abc"),
         (["--feature-noise", "-1"], 2, "feature noise σ values must be finite numbers >= 0"),
         (["--feature-noise", "0.5,0.5"], 2, "feature noise σ values repeated"),
         (
