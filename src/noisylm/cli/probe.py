@@ -109,7 +109,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "std); several are searched on validation with gamma",
     )
     parser.add_argument(
-        "--seeds", type=int, default=None, help="seeds per selected setting (default: 8 for study, else 5)"
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds per selected setting; None = the preset's (8 for study, else 5)",
     )
     parser.add_argument(
         "--select-seeds",
