@@ -318,3 +318,98 @@ def test_bad_inputs_raise_one_clear_error():
         lgm_penalty(_head("mlp", 7, 5), features, labels, method="closed-form")
     with pytest.raises(UsageError, match="variant 'lgm' only"):
         lgm_penalty(_head("mlp", 7, 5), features, labels, method="fused", variant="norm")
+
+
+# --------------------------------------------------------------------------------------------------
+# A per-dimension scale of δ (the probe's --gamma-scale feature-std).
+
+
+class _InputRecorder(torch.nn.Module):
+    """A real head (one linear layer, not an nn.Linear, so LGM takes the autograd path) that keeps the
+    rows it was last given: the clean batch stacked on the perturbed one."""
+
+    def __init__(self, dim, classes):
+        super().__init__()
+        self.layer = torch.nn.Linear(dim, classes)
+        self.seen = None
+
+    def forward(self, features):
+        self.seen = features.detach().clone()
+        return self.layer(features)
+
+
+def test_feature_scale_gives_each_dimension_a_perturbation_of_std_gamma_times_scale():
+    # Features whose dimensions span five orders of magnitude, like raw hidden states next to
+    # L2-normalised ones; the scale is their per-dimension std, as the probe's `feature-std` uses.
+    from noisylm.probing.protocol import ProbeData, perturbation_scale
+
+    gen = torch.Generator().manual_seed(0)
+    stds = torch.tensor([1e-3, 0.1, 1.0, 50.0])
+    train = torch.randn(5000, 4, generator=gen) * stds + 3.0
+    labels = torch.randint(0, 3, (5000,), generator=gen)
+    data = ProbeData("b", "d", 3, ["a", "b", "c"], {s: (train, labels) for s in ("train", "val", "test")})
+    scale = perturbation_scale(data, "feature-std")
+    torch.testing.assert_close(scale.double(), torch.from_numpy(train.double().numpy().std(0, ddof=1)))
+    assert perturbation_scale(data, "absolute") is None
+
+    gamma, batch = 0.3, 20000
+    features = torch.randn(batch, 4, generator=gen) * stds
+    batch_labels = torch.randint(0, 3, (batch,), generator=gen)
+    head = _InputRecorder(4, 3)
+    for feature_scale, expected in ((scale, gamma * scale), (None, torch.full((4,), gamma))):
+        lgm_penalty(
+            head, features, batch_labels, gamma=gamma, variant="l2-output",
+            generator=torch.Generator().manual_seed(1), feature_scale=feature_scale,
+        )  # fmt: skip
+        clean, perturbed = head.seen[:batch], head.seen[batch:]
+        torch.testing.assert_close(clean, features)
+        std = (perturbed - clean).double().std(0)
+        # 20 000 draws: the sample std has a standard error of 0.5%; 3% is six of them.
+        torch.testing.assert_close(std / expected.double(), torch.ones(4, dtype=DT), rtol=0, atol=0.03)
+        assert (perturbed - clean).double().mean(0).abs().max() < 5 * expected.max() / batch**0.5
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_scaled_penalty_equals_per_sample_reference_with_a_scaled_delta(kind):
+    features, labels = _batch(batch=6, dim=5, classes=3)
+    head = _head(kind, 5, 3)
+    gamma, seed = 0.2, 3
+    scale = torch.tensor([0.0, 0.5, 1.0, 4.0, 20.0], dtype=DT)
+    delta = torch.randn(features.shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
+    expected = _reference_eq4(head, features, scale * delta, labels, gamma)
+    methods = ["fused", "closed-form", "autograd"] if kind == "linear" else ["fused", "autograd"]
+    for method in methods:
+        terms = lgm_penalty(
+            head, features, labels, gamma=gamma, method=method,
+            generator=torch.Generator().manual_seed(seed), feature_scale=scale,
+        )  # fmt: skip
+        torch.testing.assert_close(terms.penalty.detach(), expected, rtol=1e-9, atol=1e-12, msg=method)
+
+
+@pytest.mark.parametrize("variant", ["lgm", "norm", "cosine", "l2-output"])
+def test_unit_feature_scale_is_exactly_the_absolute_gamma(variant):
+    features, labels = _batch()
+    ones = torch.ones(7, dtype=DT)
+    for kind in ("linear", "mlp"):
+        results = []
+        for feature_scale in (None, ones):
+            head = _head(kind, 7, 5)
+            criterion = LGMLoss(
+                head, gamma=0.3, variant=variant, generator=torch.Generator().manual_seed(2),
+                feature_scale=feature_scale,
+            )  # fmt: skip
+            loss = criterion(features, labels)
+            loss.backward()
+            results.append((loss.detach(), [p.grad for p in head.parameters()]))
+        (loss_a, grads_a), (loss_b, grads_b) = results
+        assert torch.equal(loss_a, loss_b)
+        assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+
+
+def test_bad_feature_scale_is_one_clear_error():
+    features, labels = _batch()
+    head = _head("linear", 7, 5)
+    with pytest.raises(NoisyLMError, match="feature_scale has shape \\(3,\\) but the features have 7"):
+        lgm_penalty(head, features, labels, feature_scale=torch.ones(3, dtype=DT))
+    with pytest.raises(UsageError, match="feature_scale must be a 1-D tensor of finite numbers >= 0"):
+        LGMLoss(head, feature_scale=-torch.ones(7))

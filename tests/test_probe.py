@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -20,16 +21,23 @@ from safetensors.torch import load_file, save_file
 from noisylm.cli import main
 from noisylm.errors import NoisyLMError, UsageError
 from noisylm.probing.protocol import (
+    LOGREG_CS,
+    LOSSES,
+    PRESET_SEEDS,
     ProbeConfig,
     ProbeData,
     RunSpec,
+    accuracy,
     check_probe_data,
+    initial_head,
     load_init_head,
     load_probe_data,
     partial_dir,
     probe,
     train_head,
+    with_feature_noise,
 )
+from noisylm.probing.protocol.resume import claim_partial, probe_state
 
 TINY = dict(preset="quick", epochs=3, lrs=(0.01,), batch_sizes=(64,), seeds=2, device="cpu", progress=False)
 
@@ -66,15 +74,22 @@ def test_probe_outputs_and_protocol(digits_probe):
     assert {"probe.json", "results.jsonl", "summary.json", "figure6.png"} <= names
     assert {"table_main.md", "table_main.csv", "table_ablation.md", "table_sensitivity.md"} <= names
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    logreg = [r for r in records if r["phase"].startswith("logreg")]
+    records = [r for r in records if not r["phase"].startswith("logreg")]  # the heads' runs
     select = [r for r in records if r["phase"] == "select"]
     # Grid: ce 1 point per head; lgm and norm 1 lr x 1 batch x 1 gamma x 2 lambdas.
     assert len(select) == 2 * (1 + 2 + 2)
     assert all("test_acc" not in r for r in select)  # test never seen during selection
     assert len([r for r in records if r["phase"] == "final"]) == 2 * 3 * config.seeds
     assert len([r for r in records if r["phase"] == "sensitivity"]) == 2 * config.seeds
+    # A single lr and batch size: every loss's own setting is CE's, so its final runs are its paired runs.
+    assert not [r for r in records if r["phase"] == "paired"]
+    assert [r["phase"] for r in logreg] == ["logreg-select"] * len(LOGREG_CS) + ["logreg"]
+    assert all("test_acc" not in r for r in logreg[:-1]) and "test_acc" in logreg[-1]
     assert len(summary["rows"]) == 6
     assert summary["reused_runs"] == 0 and not partial_dir(out).exists()  # the progress folder is gone
     assert all(r["anchor_weight"] == 0.0 and r["init_head"] is None for r in records)
+    assert all(r["gamma_scale"] == "absolute" and r["feature_noise"] == 0.0 for r in records)
     assert all(r["distance_to_init"] > 0 for r in records if r["phase"] != "figure6")
     for row in summary["rows"]:
         finals = [
@@ -102,7 +117,8 @@ def test_tables_have_the_paper_layout(digits_probe):
     header = main_md[2]
     assert "digits Linear" in header and "digits MLP" in header and "Avg Linear" in header
     rows = [line.split("|")[1].strip() for line in main_md[4:]]
-    assert rows == ["pixels", "pixels + L_gm"]
+    assert rows == ["pixels", "pixels + L_gm", "pixels: logistic regression (C on val)"]
+    assert main_md[6].split("|")[3].strip() == "/"  # the logistic regression is a linear head only
     ce_linear = next(r for r in summary["rows"] if (r["head"], r["loss"]) == ("linear", "ce"))
     assert f"{ce_linear['mean']:.2f} ± {ce_linear['std']:.2f}" in main_md[4]
     csv = (out / "table_main.csv").read_text().splitlines()
@@ -126,7 +142,7 @@ def test_parallel_jobs_give_the_results_of_one_job(digits_probe, digits_cache, t
     assert without_timing(_records(out)) == without_timing(_records(reference))
     assert all(r["seconds"] > 0 for r in _records(out) if r["phase"] != "figure6")
     tables = sorted(p.name for p in reference.glob("table_*"))
-    assert len(tables) == 6
+    assert len(tables) == 8  # main, paired, ablation, sensitivity
     for name in tables:
         assert (out / name).read_text() == (reference / name).read_text(), name
     assert json.loads((out / "probe.json").read_text())["config"]["jobs"] == 2
@@ -278,7 +294,15 @@ def test_probe_on_real_minilm_wordnet_features(wordnet_minilm_cache, digits_cach
     table = (tmp_path / "wn" / "table_main.md").read_text().splitlines()
     assert "| wordnet Linear | digits Linear | Avg Linear |" in table[2]
     names = [line.split("|")[1].strip() for line in table[4:]]
-    assert names == ["minilm", "minilm + L_gm", "pixels", "pixels + L_gm"]
+    reference = "logistic regression (C on val)"
+    assert names == [
+        "minilm",
+        "minilm + L_gm",
+        f"minilm: {reference}",
+        "pixels",
+        "pixels + L_gm",
+        f"pixels: {reference}",
+    ]
     assert table[4].split("|")[3].strip() == "/"  # minilm was not run on digits
 
 
@@ -336,7 +360,7 @@ def test_init_head_is_loaded_and_recorded(digits_cache, tmp_path):
     # lr 1e-12: training cannot move the head, so every run predicts exactly as the file's weights do.
     config = ProbeConfig(
         heads=("linear",), losses=("ce", "lgm"), preset="quick", epochs=1, lrs=(1e-12,), batch_sizes=(256,),
-        seeds=2, figure6=False, device="cpu", progress=False, init_head=str(path),
+        seeds=2, figure6=False, device="cpu", progress=False, init_head=str(path), logreg=False,
     )  # fmt: skip
     summary = probe([digits_cache], tmp_path / "out", config)
     records = _records(tmp_path / "out")
@@ -357,7 +381,7 @@ def test_cli_anchor_weight_and_init_head(digits_cache, tmp_path, capsys):
     out = tmp_path / "out"
     base = ["probe", str(digits_cache), "--heads", "linear", "--losses", "ce", "--preset", "quick"]
     base += ["--epochs", "2", "--lr", "0.01", "--batch-size", "64", "--seeds", "1", "--no-figure6"]
-    base += ["--no-progress"]
+    base += ["--no-progress", "--no-logreg"]
     good = tmp_path / "h0.safetensors"
     _least_squares_head(load_probe_data(digits_cache), good)
     wrong_keys = tmp_path / "mlp.safetensors"
@@ -463,9 +487,12 @@ def test_killed_probe_resumes_without_retraining(digits_cache, tmp_path, capsys)
     args += ["--batch-size", "64", "--lam", "0.15", "0.5", "--seeds", "3", "--sensitivity", "0.05:0.05"]
     args += ["--no-progress"]
     grid = ["--lr", "0.01", "0.003"]
-    total = 2 + 4 + 2 * 3 + 3  # select ce, select lgm, finals, Table 6 (+ 3 Figure 6 runs)
     reference = tmp_path / "reference"
     assert main(["probe", *args, *grid, "--out", str(reference)]) == 0
+    # select ce, select lgm, the C grid, finals, paired runs (if lgm's lr is not ce's), logreg, Table 6
+    paired = sum(r["phase"] == "paired" for r in _records(reference))
+    total = 2 + 4 + len(LOGREG_CS) + 2 * 3 + paired + 1 + 3
+    assert len(_records(reference)) == total + 3  # + 3 Figure 6 runs
 
     out = tmp_path / "out"
     progress = partial_dir(out) / "results.jsonl"
@@ -521,7 +548,18 @@ def _children(pid):
 def test_ctrl_c_keeps_the_finished_runs_and_says_how_to_resume(digits_cache, tmp_path, capsys):
     out = tmp_path / "out"
     args = [str(digits_cache), "--heads", "linear", "--losses", "ce", "--preset", "quick", "--epochs", "8"]
-    args += ["--lr", "0.01", "0.003", "0.001", "--batch-size", "64", "--seeds", "5", "--no-figure6"]
+    args += [
+        "--lr",
+        "0.01",
+        "0.003",
+        "0.001",
+        "--batch-size",
+        "64",
+        "--seeds",
+        "5",
+        "--no-figure6",
+        "--no-logreg",
+    ]
     # Two runs at once in worker processes; Ctrl-C goes to the main process, which stops them.
     proc = _start_probe([*args, "--no-progress", "--jobs", "2"], out)
     workers = _children(proc.pid)
@@ -545,3 +583,323 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_how_to_resume(digits_cache, tmp
     # A finished output with nothing to resume: one line that says so.
     assert main(["probe", *args, "--no-progress", "--out", str(out), "--resume"]) == 1
     assert "holds no interrupted probe" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Paired comparisons: what the losses share seed for seed, the paired runs and their statistics.
+
+
+def test_losses_share_initial_weights_and_batch_order_seed_for_seed(digits_cache):
+    data = load_probe_data(digits_cache)
+    device = torch.device("cpu")
+    for kind in ("linear", "mlp"):
+        recipe = ProbeConfig(**TINY).recipe(kind)
+        starts = [
+            initial_head(data, RunSpec(kind, loss, 0.01, 64, 0.05, 0.5, seed=4), device) for loss in LOSSES
+        ]
+        for head in starts[1:]:
+            for a, b in zip(head.parameters(), starts[0].parameters(), strict=True):
+                assert torch.equal(a, b)
+        other_seed = initial_head(data, RunSpec(kind, "ce", 0.01, 64, 0.0, 0.0, seed=5), device)
+        assert not torch.equal(next(other_seed.parameters()), next(starts[0].parameters()))
+        # With λ = 0 a penalised loss is CE, so its head can only end where CE's does if both saw the
+        # same batches in the same order (and δ, drawn from a generator of its own, moved nothing else).
+        ce, _ = train_head(data, RunSpec(kind, "ce", 0.01, 64, 0.0, 0.0, seed=4), recipe, device)
+        ce_other, _ = train_head(data, RunSpec(kind, "ce", 0.01, 64, 0.0, 0.0, seed=5), recipe, device)
+        for loss in LOSSES[1:]:
+            head, _ = train_head(data, RunSpec(kind, loss, 0.01, 64, 0.05, 0.0, seed=4), recipe, device)
+            for a, b in zip(head.parameters(), ce.parameters(), strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-4, msg=f"{kind} {loss}")
+        assert (
+            max((a - b).abs().max() for a, b in zip(ce.parameters(), ce_other.parameters(), strict=True))
+            > 0.05
+        )
+
+
+def test_absolute_gamma_reproduces_the_numbers_before_gamma_scales(digits_cache):
+    # Recorded with the code before --gamma-scale (seed 3, 3 epochs, lr 0.01, batch 64, γ 0.05, λ 0.5).
+    before = {
+        ("linear", "lgm"): (0.7345488134086409, 0.9305555555555556, 0.883008356545961),
+        ("linear", "l2-output"): (0.8940162717651179, 0.9305555555555556, 0.8913649025069638),
+        ("mlp", "lgm"): (0.24019793786073948, 0.9305555555555556, 0.9192200557103064),
+        ("mlp", "cosine"): (0.20265499627940253, 0.9305555555555556, 0.9192200557103064),
+    }
+    data = load_probe_data(digits_cache)
+    for (kind, loss), (train_loss, val, test) in before.items():
+        spec = RunSpec(kind, loss, 0.01, 64, 0.05, 0.5, seed=3, gamma_scale="absolute")
+        head, got_loss = train_head(data, spec, ProbeConfig(**TINY).recipe(kind), torch.device("cpu"))
+        assert accuracy(head, *data.splits["val"]) == val and accuracy(head, *data.splits["test"]) == test
+        assert got_loss == pytest.approx(train_loss, rel=1e-6, abs=0)
+
+
+def test_paired_rows_are_the_per_seed_differences_of_the_runs(digits_probe):
+    out, summary, config = digits_probe
+    records = _records(out)
+    rows = {(r["head"], r["loss"]): r for r in summary["rows"]}
+    for (head, loss), row in rows.items():
+        if loss == "ce":
+            assert row["paired"] is None and row["vs_ce"] is None
+            continue
+        ce = rows[head, "ce"]
+        paired = row["paired"]
+        assert (paired["lr"], paired["batch_size"]) == (ce["lr"], ce["batch_size"])
+        assert paired["same_as_selected"]  # one lr and batch size in this grid
+        runs = {
+            (r["loss"], r["seed"]): 100 * r["test_acc"]
+            for r in records
+            if r["phase"] == "final" and r["head"] == head and r["loss"] in (loss, "ce")
+        }
+        differences = [runs[loss, seed] - runs["ce", seed] for seed in range(config.seeds)]
+        assert paired["vs_ce"]["differences"] == pytest.approx(differences, abs=1e-4)
+        assert paired["vs_ce"]["mean"] == pytest.approx(statistics.fmean(differences), abs=1e-4)
+        assert row["vs_ce"] == paired["vs_ce"]  # the selected runs are the paired ones here
+        assert paired["vs_ce"]["p_sign_flip"] is None  # 2 seeds
+        low, high = paired["vs_ce"]["ci95"]
+        assert low <= paired["vs_ce"]["mean"] <= high
+        assert paired["vs_ce"]["within_noise"] == (low <= 0 <= high)
+    table = (out / "table_paired.md").read_text()
+    assert "| pixels + L_gm − CE |" in table and "| pixels + ‖∇θ ℓ‖₂ − CE |" in table
+    assert rows["mlp", "lgm"]["paired"]["vs_ce"]["text"] in table
+    csv = (out / "table_paired.csv").read_text().splitlines()
+    assert csv[0].startswith("method,digits linear mean,digits linear se,digits linear ci_low")
+
+
+def _lstsq_paired_config(path, **overrides):
+    """A probe in which CE and the penalised losses select different learning rates: every head starts
+    from a least-squares head (val ≈ 0.90); at lr 0.03 CE improves on it (0.93) while a heavy penalty
+    (γ 0.5, λ 5) degrades it (l2-output 0.70, lgm 0.82), and at lr 1e-12 nothing moves."""
+    settings = dict(
+        heads=("linear",), losses=("ce", "l2-output", "lgm"), preset="quick", epochs=3, lrs=(0.03, 1e-12),
+        batch_sizes=(64,), gammas=(0.5,), lams=(5.0,), seeds=3, figure6=False, device="cpu", progress=False,
+        init_head=str(path),
+    )  # fmt: skip
+    return ProbeConfig(**{**settings, **overrides})
+
+
+def test_paired_phase_trains_penalised_losses_at_ce_setting_and_resumes(digits_cache, tmp_path):
+    data = load_probe_data(digits_cache)
+    path = tmp_path / "lstsq.safetensors"
+    _least_squares_head(data, path)
+    config = _lstsq_paired_config(path)
+    reference = tmp_path / "reference"
+    summary = probe([digits_cache], reference, config)
+    records = _records(reference)
+    rows = {r["loss"]: r for r in summary["rows"]}
+    assert rows["ce"]["lr"] == 0.03
+    for loss in ("l2-output", "lgm"):
+        row = rows[loss]
+        assert row["lr"] == 1e-12 and row["paired"]["lr"] == 0.03 and not row["paired"]["same_as_selected"]
+        paired = [r for r in records if r["phase"] == "paired" and r["loss"] == loss]
+        assert [(r["seed"], r["lr"], r["gamma"], r["lam"]) for r in paired] == [
+            (s, 0.03, 0.5, 5.0) for s in range(3)
+        ]
+        ce = [r for r in records if r["phase"] == "final" and r["loss"] == "ce"]
+        differences = [100 * (p["test_acc"] - c["test_acc"]) for p, c in zip(paired, ce, strict=True)]
+        assert row["paired"]["vs_ce"]["differences"] == pytest.approx(differences, abs=1e-4)
+        assert row["paired"]["values"] == pytest.approx([100 * p["test_acc"] for p in paired], abs=1e-4)
+        # Where nothing moves (its own lr) the penalty looks harmless; at CE's lr it costs accuracy.
+        assert row["paired"]["vs_ce"]["mean"] < -5 < row["vs_ce"]["mean"]
+
+    # An interrupted probe: its progress file holds, in the order its workers finished them, the
+    # selection runs, some final runs, two paired runs and the logistic regression's C grid.
+    out = tmp_path / "out"
+    state = probe_state(config, torch.device("cpu"), [data], hashlib.sha256(path.read_bytes()).hexdigest())
+    claim_partial(partial_dir(out), state, resume=False, overwrite=False)
+    done = [r for r in records if r["phase"] in ("select", "logreg-select")]
+    done += [r for r in records if r["phase"] == "final"][:4] + [
+        r for r in records if r["phase"] == "paired"
+    ][1:3]
+    random.Random(0).shuffle(done)
+    (partial_dir(out) / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in done))
+    resumed = probe([digits_cache], out, config, resume=True)
+    assert resumed["reused_runs"] == len(done) and not partial_dir(out).exists()
+
+    def without_timing(rs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+
+    assert without_timing(_records(out)) == without_timing(records)
+    for key in ("rows", "logreg"):
+        assert resumed[key] == summary[key]
+    assert (out / "table_paired.md").read_text() == (reference / "table_paired.md").read_text()
+
+
+def test_logistic_regression_reference_matches_a_direct_sklearn_fit(digits_probe, digits_cache):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    out, summary, _ = digits_probe
+    split = {
+        s: (t["features"].double().numpy(), t["labels"].numpy()) for s, t in _splits(digits_cache).items()
+    }
+    val = {}
+    for C in LOGREG_CS:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+        model.fit(*split["train"])
+        val[C] = model.score(*split["val"])
+    best = max(LOGREG_CS, key=lambda C: (val[C], -C))  # ties: the smaller C
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=best, max_iter=1000)).fit(*split["train"])
+    (row,) = summary["logreg"]
+    assert row["C"] == best and row["selection_val_acc"] == val[best]
+    assert row["mean"] == pytest.approx(100 * model.score(*split["test"]), abs=1e-4)
+    assert row["mean"] > 93  # a strong reference on digits pixels
+    main_md = (out / "table_main.md").read_text()
+    assert (
+        f"| pixels: logistic regression (C on val) | {row['mean']:.2f} | / | {row['mean']:.2f} | / |"
+        in main_md
+    )
+    csv = (out / "table_main.csv").read_text()
+    assert f"pixels: logistic regression (C on val),{row['mean']},,,," in csv
+
+
+def test_study_preset_has_eight_seeds_and_nlu_recipe():
+    study = ProbeConfig(preset="study")
+    assert study.seeds == 8 and PRESET_SEEDS["study"] == 8
+    assert study.recipe("linear") == ProbeConfig(preset="nlu").recipe("linear")
+    assert [ProbeConfig(preset=p).seeds for p in ("nlu", "vision", "quick")] == [5, 5, 5]
+    assert ProbeConfig(preset="study", seeds=3).seeds == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# γ relative to the features' scale, and noise added to the features.
+
+
+def test_gamma_scales_are_searched_and_recorded_per_run(digits_cache, tmp_path):
+    config = ProbeConfig(
+        heads=("linear",), losses=("ce", "lgm"), gamma_scales=("absolute", "feature-std"), gammas=(0.05, 0.5),
+        logreg=False, figure6=False, **TINY,
+    )  # fmt: skip
+    summary = probe([digits_cache], tmp_path / "out", config)
+    select = [r for r in _records(tmp_path / "out") if r["phase"] == "select"]
+    assert [(r["loss"], r["gamma_scale"], r["gamma"]) for r in select] == [("ce", "absolute", 0.0)] + [
+        ("lgm", scale, gamma) for scale in ("absolute", "feature-std") for gamma in (0.05, 0.5)
+    ]
+    by_scale = {(r["gamma_scale"], r["gamma"]): r["train_loss"] for r in select if r["loss"] == "lgm"}
+    assert by_scale["absolute", 0.5] != by_scale["feature-std", 0.5]  # pixel stds are far from 1
+    lgm = next(r for r in summary["rows"] if r["loss"] == "lgm")
+    assert lgm["gamma_scale"] in ("absolute", "feature-std")
+    assert json.loads((tmp_path / "out" / "probe.json").read_text())["config"]["gamma_scales"] == [
+        "absolute",
+        "feature-std",
+    ]
+
+
+def test_feature_noise_is_seeded_per_example_and_scaled_by_the_feature_std(digits_cache):
+    data = load_probe_data(digits_cache)
+    assert with_feature_noise(data, 0.0, seed=0) is data  # σ = 0: the features exactly as they are
+    one, again = with_feature_noise(data, 1.0, seed=0), with_feature_noise(data, 1.0, seed=0)
+    two, other_seed = with_feature_noise(data, 2.0, seed=0), with_feature_noise(data, 1.0, seed=1)
+    std = torch.from_numpy(data.splits["train"][0].double().numpy().std(0, ddof=1))
+    for split in ("train", "val", "test"):
+        clean, labels = data.splits[split]
+        noise = one.splits[split][0] - clean
+        assert torch.equal(one.splits[split][0], again.splits[split][0])  # reproducible
+        assert torch.equal(one.splits[split][1], labels)
+        assert not torch.equal(one.splits[split][0], other_seed.splits[split][0])
+        torch.testing.assert_close(
+            two.splits[split][0] - clean, 2 * noise, rtol=1e-5, atol=1e-4
+        )  # one draw z
+        assert torch.all(noise[:, std == 0] == 0)  # constant pixels stay constant
+    # Per dimension, the noise of the 1437 training rows has std ≈ 1 × the training split's std.
+    noise = (one.splits["train"][0] - data.splits["train"][0]).double()
+    ratio = noise[:, std > 0].std(0) / std[std > 0]
+    assert abs(float(ratio.mean()) - 1) < 0.01 and float((ratio - 1).abs().max()) < 0.12
+
+
+def test_feature_noise_probe_at_zero_equals_the_clean_probe_and_plots_accuracy_against_sigma(
+    digits_probe, digits_cache, tmp_path
+):
+    reference, expected, config = digits_probe
+    # Linear heads only (the MLP's are the same code path); σ = 0 and 1; runs in worker processes.
+    noisy_config = dataclasses.replace(
+        config, heads=("linear",), feature_noise=(0.0, 1.0), sensitivity=(), figure6=False, jobs=2
+    )
+    out = tmp_path / "noise"
+    summary = probe([digits_cache], out, noisy_config)
+    records = _records(out)
+
+    def clean_runs(rs):
+        return [
+            {k: v for k, v in r.items() if k != "seconds"}
+            for r in rs
+            if r["feature_noise"] == 0.0
+            and r["head"] == "linear"
+            and r["phase"] not in ("sensitivity", "figure6")
+        ]
+
+    # σ = 0 is exactly the probe without noise, run for run (trained in worker processes here).
+    assert clean_runs(records) == clean_runs(_records(reference))
+    linear_rows = [r for r in expected["rows"] if r["head"] == "linear"]
+    assert [r for r in summary["rows"] if r["feature_noise"] == 0.0] == linear_rows
+    # σ = 1: every loss's runs saw the noise the main process draws (`with_feature_noise`, seed 0),
+    # though the workers drew it themselves.
+    noisy = with_feature_noise(load_probe_data(digits_cache), 1.0, seed=0)
+    for loss in ("ce", "lgm"):
+        run = next(
+            r for r in records if r["phase"] == "final" and r["feature_noise"] == 1.0 and r["loss"] == loss
+        )
+        spec = RunSpec(run["head"], loss, run["lr"], run["batch_size"], run["gamma"], run["lam"], run["seed"])
+        head, _ = train_head(noisy, spec, config.recipe(run["head"]), torch.device("cpu"))
+        got = (accuracy(head, *noisy.splits["val"]), accuracy(head, *noisy.splits["test"]))
+        assert got == (run["val_acc"], run["test_acc"]), loss
+    clean_ce = next(
+        r for r in summary["rows"] if (r["head"], r["loss"], r["feature_noise"]) == ("linear", "ce", 0.0)
+    )
+    noisy_ce = next(
+        r for r in summary["rows"] if (r["head"], r["loss"], r["feature_noise"]) == ("linear", "ce", 1.0)
+    )
+    assert noisy_ce["mean"] < clean_ce["mean"] - 3  # noise of one feature std costs accuracy
+    curves = {(c["head"], c["loss"]): c for c in summary["feature_noise"]}
+    assert set(curves) == {("linear", loss) for loss in ("ce", "lgm", "norm", "logreg")}
+    curve = curves["linear", "ce"]
+    assert curve["sigma"] == [0.0, 1.0] and curve["mean"] == [clean_ce["mean"], noisy_ce["mean"]]
+    assert curve["ci95"][1] == noisy_ce["ci95"]
+    assert (out / "feature_noise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "table_feature_noise.md").read_text()
+    assert "| backbone | dataset | head | loss | σ=0 | σ=1 |" in table
+    assert f"| pixels | digits | Linear | ce | {clean_ce['mean']:.2f} [" in table
+    assert "pixels,digits,linear,ce,1.0," in (out / "table_feature_noise.csv").read_text()
+    main_md = (out / "table_main.md").read_text()
+    assert "| pixels σ=0 |" in main_md and "| pixels σ=1 + L_gm |" in main_md
+
+
+def test_cli_gamma_scale_feature_noise_and_paired_lines(digits_cache, tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["probe", str(digits_cache), "--out", str(out), "--heads", "linear", "--preset", "quick"]
+    args += [
+        "--epochs",
+        "2",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "64",
+        "--seeds",
+        "6",
+        "--no-figure6",
+        "--no-progress",
+    ]
+    good = [*args, "--gamma-scale", "feature-std", "--feature-noise", "0,0.5"]
+    assert main(good) == 0
+    printed = capsys.readouterr().out
+    assert "pixels / digits / σ=0.5 / linear / lgm: test accuracy" in printed
+    assert "    paired − ce at ce's lr 0.01, batch 64 (γ=0.01 feature-std, λ=0.15): " in printed
+    assert ", p = " in printed  # 6 seeds: the sign-flip p-value is reported
+    assert "pixels / digits / σ=0 / linear / logistic regression (C on val), C=" in printed
+    assert "feature_noise.png" in printed and (out / "feature_noise.png").exists()
+    records = _records(out)
+    assert {r["gamma_scale"] for r in records if r["loss"] == "lgm"} == {"feature-std"}
+    assert {r["feature_noise"] for r in records} == {0.0, 0.5}
+    cases = [
+        (["--feature-noise", "0,abc"], 2, "σ values must be numbers such as 0,0.5,1, got 0,abc"),
+        (["--feature-noise", "-1"], 2, "feature noise σ values must be finite numbers >= 0"),
+        (["--feature-noise", "0.5,0.5"], 2, "feature noise σ values repeated"),
+        (
+            ["--gamma-scale", "relative"],
+            2,
+            "unknown gamma scale 'relative'; choose from absolute, feature-std",
+        ),
+    ]
+    for extra, code, message in cases:
+        assert main([*args, "--overwrite", *extra]) == code, extra
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

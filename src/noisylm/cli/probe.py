@@ -12,13 +12,30 @@ presets (App. E; --epochs/--lr/--batch-size override them):
   nlu      Adam, 10 epochs, lr in {3e-4, 6e-4}, batch in {8, 12, 16, 32}, chosen on validation
   vision   AdamW, 30 epochs, cosine schedule; linear lr 0.1 no weight decay, MLP lr 1e-3 wd 1e-4, batch 128
   quick    Adam, 8 epochs, lr in {1e-3, 3e-3}, batch 32 (demos)
+  study    nlu's recipe with 8 seeds (the others default to 5): enough for the paired sign-flip test
 
 losses: ce (plain cross-entropy), lgm (CE + lambda * L_gm, Eq. 6), and the ablations norm (||grad||),
   cosine (1 - cos of the two gradients), l2-output (||g(t) - g(t_hat)||, the conventional regulariser).
 
 writes OUT/: probe.json, results.jsonl (one line per training run), summary.json, table_main.md/.csv
-  (Tables 1-3 layout), table_ablation.md/.csv (Table 5, with ablation losses), table_sensitivity.md/.csv
-  (Table 6, with --sensitivity), figure6.png (Figure 6).
+  (Tables 1-3 layout, with a logistic-regression reference row), table_paired.md/.csv (each penalised
+  loss minus CE, paired by seed), table_ablation.md/.csv (Table 5, with ablation losses),
+  table_sensitivity.md/.csv (Table 6, with --sensitivity), table_feature_noise.md/.csv and
+  feature_noise.png (with several --feature-noise values), figure6.png (Figure 6).
+
+paired comparison: seed s of every loss starts from the same head weights and sees the training
+  examples in the same order. Each penalised loss is also trained at CE's selected lr and batch size
+  (phase "paired"; its gamma scale, gamma and lambda chosen on validation there), so that it differs
+  from CE only by the penalty. The per-seed difference to CE is reported as mean [95% t-interval],
+  "(within noise)" when the interval contains 0, and an exact sign-flip p-value from 6 seeds on.
+
+gamma scale: --gamma-scale absolute reads gamma as in Eq. 3 (t_hat = t + gamma * delta);
+  feature-std scales delta per dimension by the training split's std, so that one gamma is the same
+  relative perturbation on features of any scale. Several values are searched on validation with gamma.
+
+feature noise: --feature-noise 0,0.5,1 runs the whole probe at each sigma on the features plus Gaussian
+  noise of std sigma x the training split's per-dimension std, drawn once per example of every split
+  (--feature-noise-seed), the same for every loss and seed: a simulated noisier backbone.
 
 progress and resume: while it runs, the probe works in OUT.partial/; its results.jsonl gains one line
   per finished run (`tail -f` it). OUT appears only when everything is done, and OUT.partial/ is then
@@ -44,6 +61,8 @@ examples:
   noisylm probe feats/wn-minilm --heads linear --init-head h0.safetensors --anchor-weight 0.01 --out l2sp
   noisylm probe feats/wn-minilm --select-seeds 3 --out probes/wn --resume     # after a crash
   noisylm probe feats/wn-minilm --jobs 4 --threads 1 --out probes/wn          # 4 runs at once on 4 cores
+  noisylm probe feats/wn-minilm --preset study --gamma-scale absolute feature-std --out probes/study
+  noisylm probe feats/wn-minilm --losses ce l2-output lgm --feature-noise 0,0.5,1,2 --out probes/noise
 """
 
 
@@ -55,6 +74,11 @@ def _pair(text: str) -> tuple[float, float] | None:
         return float(gamma), float(lam)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected GAMMA:LAMBDA such as 0.05:0.05, got {text!r}") from None
+
+
+def _sigmas(text: str) -> tuple[str, ...]:
+    # Checked by ProbeConfig, which names a bad value in one line.
+    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,13 +94,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--heads", nargs="+", default=["linear", "mlp"], help="linear and/or mlp")
     parser.add_argument("--losses", nargs="+", default=["ce", "lgm"], help="ce, lgm, norm, cosine, l2-output")
-    parser.add_argument("--preset", default="nlu", help="nlu, vision or quick")
+    parser.add_argument("--preset", default="nlu", help="nlu, vision, quick or study")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--lr", type=float, nargs="+", default=None, help="learning-rate grid")
     parser.add_argument("--batch-size", type=int, nargs="+", default=None, help="batch-size grid")
     parser.add_argument("--gamma", type=float, nargs="+", default=[0.01], help="gamma grid (Eq. 3)")
     parser.add_argument("--lam", type=float, nargs="+", default=[0.15], help="lambda grid (Eq. 6)")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per selected setting")
+    parser.add_argument(
+        "--gamma-scale",
+        nargs="+",
+        default=["absolute"],
+        metavar="SCALE",
+        help="absolute (Eq. 3) and/or feature-std (delta scaled per dimension by the training split's "
+        "std); several are searched on validation with gamma",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds per selected setting; None = the preset's (8 for study, else 5)",
+    )
     parser.add_argument(
         "--select-seeds",
         type=int,
@@ -109,6 +146,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="G:L",
         help="(gamma, lambda) pairs for Table 6, or `paper` for its three pairs",
     )
+    parser.add_argument(
+        "--feature-noise",
+        type=_sigmas,
+        default=(0.0,),
+        metavar="S[,S2,...]",
+        help="probe on features plus Gaussian noise of std S x the training split's per-dimension std "
+        "(drawn once per example, the same for every loss); several values: a probe at each and "
+        "feature_noise.png. 0 = the features as they are",
+    )
+    parser.add_argument(
+        "--feature-noise-seed", type=int, default=0, metavar="N", help="seed of the --feature-noise draw"
+    )
+    parser.add_argument("--no-logreg", action="store_true", help="skip the logistic-regression reference row")
     parser.add_argument("--no-figure6", action="store_true", help="skip Figure 6")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument(
@@ -138,7 +188,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from noisylm.probing.protocol import PAPER_SENSITIVITY, ProbeConfig, partial_dir, probe
+    from noisylm.probing.protocol import PAPER_SENSITIVITY, ProbeConfig, partial_dir, probe, summary_lines
 
     pairs = [p for p in args.sensitivity if p is not None]
     if None in args.sensitivity:
@@ -153,12 +203,16 @@ def run_probe(args: argparse.Namespace) -> int:
         batch_sizes=tuple(args.batch_size) if args.batch_size else None,
         gammas=tuple(args.gamma),
         lams=tuple(args.lam),
+        gamma_scales=tuple(args.gamma_scale),
         anchor_weight=args.anchor_weight,
         init_head=args.init_head,
         seeds=args.seeds,
         select_seeds=args.select_seeds,
         sensitivity=tuple(pairs),
         figure6=not args.no_figure6,
+        feature_noise=args.feature_noise,
+        feature_noise_seed=args.feature_noise_seed,
+        logreg=not args.no_logreg,
         device=args.device,
         threads=args.threads or None,
         jobs=args.jobs,
@@ -178,10 +232,12 @@ def run_probe(args: argparse.Namespace) -> int:
         return 130
     if summary["reused_runs"]:
         print(f"reused {summary['reused_runs']} finished runs from {partial_dir(args.out)}/")
-    for row in summary["rows"]:
-        print(
-            f"{row['backbone']} / {row['dataset']} / {row['head']} / {row['loss']}: "
-            f"test accuracy {row['mean']:.2f} ± {row['std']:.2f}% (n={row['n']})"
-        )
-    print(f"wrote {args.out}/ (table_main.md, results.jsonl, summary.json) in {summary['seconds']:.0f} s")
+    for line in summary_lines(summary):
+        print(line)
+    tables = (
+        "table_main.md, table_paired.md" if any(r["paired"] for r in summary["rows"]) else "table_main.md"
+    )
+    if summary["feature_noise"]:
+        tables += ", feature_noise.png"
+    print(f"wrote {args.out}/ ({tables}, results.jsonl, summary.json) in {summary['seconds']:.0f} s")
     return 0

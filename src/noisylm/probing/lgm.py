@@ -3,6 +3,7 @@
 For a head g_θ on frozen features t with labels y, each step draws fresh δ ~ N(0, I) and
 
     t̂     = t + γ·δ                                                          (Eq. 3)
+            (or t + γ·(s ⊙ δ) with a per-dimension scale s, e.g. the features' std: ``feature_scale``)
     L_gm  = ‖ mean_i ∇θ ℓ(g(t_i), y_i) − mean_i ∇θ ℓ(g(t̂_i), y_i) ‖₂        (Eq. 4, over all of θ)
     L     = CE + λ·L_gm                                                      (Eq. 6)
 
@@ -66,6 +67,7 @@ def lgm_penalty(
     variant: str = "lgm",
     method: str = "auto",
     generator: torch.Generator | None = None,
+    feature_scale: torch.Tensor | None = None,
 ) -> LGMTerms:
     """Cross-entropy and the LGM penalty (or an ablation variant) of ``head`` on one batch.
 
@@ -73,10 +75,17 @@ def lgm_penalty(
     ``lgm`` on features that need no gradient, the fused hand-derived path of `nn.Linear` and
     `MLPHead` heads; else the autograd closed form for `nn.Linear` heads, and double backward for any
     other head; ``closed-form`` / ``fused`` / ``autograd`` force one (for tests and benchmarks).
-    δ is drawn from ``generator``. The head must treat samples independently (no batch norm): the
+    δ is drawn from ``generator``. ``feature_scale``: a [d] tensor s that scales δ per dimension,
+    t̂ = t + γ·(s ⊙ δ) (so that one γ is the same relative perturbation on features of any scale);
+    None = Eq. 3 as written (s = 1). The head must treat samples independently (no batch norm): the
     clean and perturbed batches go through it as one concatenated batch.
     """
     _check_args(features, labels, gamma, variant, method)
+    if feature_scale is not None and tuple(feature_scale.shape) != (features.shape[1],):
+        raise NoisyLMError(
+            f"feature_scale has shape {tuple(feature_scale.shape)} but the features have "
+            f"{features.shape[1]} dimensions; pass one scale per feature dimension"
+        )
     if labels.dtype != torch.int64:
         labels = labels.long()
     in_features = getattr(head, "in_features", None)
@@ -107,6 +116,9 @@ def lgm_penalty(
     batch = features.shape[0]
     both = features.new_empty((2 * batch, features.shape[1]))
     both[batch:].normal_(generator=generator)
+    if feature_scale is not None:
+        # Every path below reads the perturbation from this block: scaling it here gives t̂ = t + γ(s ⊙ δ).
+        both[batch:].mul_(feature_scale.to(both))
     fusable = (is_linear or is_mlp) and variant == "lgm" and not _needs_grad(features)
     if method == "fused" or (method == "auto" and fusable):
         both[:batch] = features
@@ -134,6 +146,8 @@ class LGMLoss(nn.Module):
     variant: one of VARIANTS. anchor_weight: α of the L2-SP term (α/2)‖θ − θ₀‖², θ₀ = the head's
     parameters when the loss is built (0 disables it). method: see `lgm_penalty`.
     generator: the torch.Generator that draws δ (None: the global RNG).
+    feature_scale: a [d] tensor s, t̂ = t + γ·(s ⊙ δ) (e.g. the training features' per-dimension std,
+    so that γ is a relative perturbation); None: t̂ = t + γ·δ (Eq. 3).
     """
 
     def __init__(
@@ -145,6 +159,7 @@ class LGMLoss(nn.Module):
         anchor_weight: float = 0.0,
         method: str = "auto",
         generator: torch.Generator | None = None,
+        feature_scale: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -158,6 +173,18 @@ class LGMLoss(nn.Module):
         self.gamma, self.lam, self.variant, self.method = float(gamma), float(lam), variant, method
         self.anchor_weight = float(anchor_weight)
         self.generator = generator
+        if feature_scale is not None:
+            feature_scale = torch.as_tensor(feature_scale).detach()
+            if (
+                feature_scale.dim() != 1
+                or not torch.isfinite(feature_scale).all()
+                or (feature_scale < 0).any()
+            ):
+                raise UsageError(
+                    "feature_scale must be a 1-D tensor of finite numbers >= 0 (one per feature dimension)"
+                )
+        # A buffer, so that it moves with .to(device); None when δ is not scaled.
+        self.register_buffer("feature_scale", feature_scale)
         self._last: LGMTerms | None = None
         # θ₀ for L2-SP: a snapshot, not a parameter (buffers move with .to(device)).
         self._anchor_names: list[str] = []
@@ -175,6 +202,7 @@ class LGMLoss(nn.Module):
             variant=self.variant,
             method=self.method,
             generator=self.generator,
+            feature_scale=self.feature_scale,
         )
         self.__dict__["_last"] = terms  # plain attribute: skips nn.Module.__setattr__ on every step
         loss = torch.add(terms.ce, terms.penalty, alpha=self.lam) if self.variant != "none" else terms.ce
@@ -202,7 +230,8 @@ class LGMLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"variant={self.variant}, gamma={self.gamma}, lam={self.lam}, "
-            f"anchor_weight={self.anchor_weight}, method={self.method}"
+            f"anchor_weight={self.anchor_weight}, method={self.method}, "
+            f"feature_scale={'none' if self.feature_scale is None else 'per-dimension'}"
         )
 
 

@@ -2,7 +2,9 @@
 
 Presets (App. E): ``nlu`` = Adam, 10 epochs, lr ∈ {3e-4, 6e-4}, batch ∈ {8, 12, 16, 32};
 ``vision`` = AdamW, 30 epochs, cosine schedule, linear head lr 0.1 without weight decay, MLP lr 1e-3
-with weight decay 1e-4 (the paper gives no batch size; 128 here); ``quick`` = a small grid for demos.
+with weight decay 1e-4 (the paper gives no batch size; 128 here); ``quick`` = a small grid for demos;
+``study`` = ``nlu``'s recipe with 8 seeds (the LGM study's default: enough seeds for the paired
+sign-flip test, see `paired`). The others default to 5 seeds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ LOSS_LABELS = {
     "l2-output": " + L2 (‖g(t) − g(t̂)‖₂)",
 }
 HEAD_LABELS = {"linear": "Linear", "mlp": "MLP"}
+# How γ is read (Eq. 3): `absolute` t̂ = t + γδ; `feature-std` t̂ = t + γ(s ⊙ δ), s = the training split's
+# per-dimension std, so that one γ is the same relative perturbation on features of any scale.
+GAMMA_SCALES = ("absolute", "feature-std")
+# C of the logistic-regression reference (standardised features), chosen on validation.
+LOGREG_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 PAPER_SENSITIVITY = ((0.001, 0.001), (0.05, 0.05), (0.1, 0.1))  # Table 6
 
 
@@ -47,6 +54,9 @@ PRESETS: dict[str, dict[str, Recipe]] = {
     },
     "quick": {kind: Recipe(epochs=8, lrs=(1e-3, 3e-3), batch_sizes=(32,)) for kind in HEAD_KINDS},
 }
+PRESETS["study"] = dict(PRESETS["nlu"])
+# Seeds per selected setting when `seeds` is not given.
+PRESET_SEEDS = {"nlu": 5, "vision": 5, "quick": 5, "study": 8}
 
 
 @dataclass
@@ -60,11 +70,19 @@ class ProbeConfig:
     anchor_weight: α of the L2-SP term (α/2)‖θ − θ₀‖² added to every loss (`ce` included), θ₀ = the
     head's initial weights (0 = off). init_head: a safetensors file of one head's state_dict that every
     run starts from (and anchors to) instead of a seeded random init; needs a single head kind.
-    seeds: seeds per selected setting (mean ± std over them). select_seeds: seeds per grid point during
+    seeds: seeds per selected setting (mean ± std over them; None = the preset's: 8 for `study`, else
+    5). Seed s of every loss starts from the same head weights and sees the same batch order, so
+    the losses are compared seed by seed (`paired`). select_seeds: seeds per grid point during
     selection, scored by their mean validation accuracy (1 = the paper's protocol; N costs N times the
     selection runs and gives a steadier choice when the validation split is small).
     sensitivity: (γ, λ) pairs for Table 6, trained for `lgm` at its selected lr/batch.
     figure6: draw Figure 6 for the first cache and head.
+    feature_noise: σ values; at each, the probe runs on the caches' features plus Gaussian noise of
+    std σ × the training split's per-dimension std, drawn once per example (train, val and test, as
+    a noisy backbone would) with ``feature_noise_seed``, the same for every loss and seed; (0.0,) =
+    the features as they are. Several values: the probe at each, and test accuracy against σ.
+    logreg: add the reference of a scikit-learn logistic regression (standardised features, C in
+    ``logreg_cs`` chosen on validation) to the linear-head columns.
     device: cpu | cuda | auto. threads: CPU threads while training (heads on batches of 8-128 rows
     train fastest single-threaded, and several probes can then share a machine; None = torch's
     setting). jobs: runs trained at once, each in its own worker process with ``threads`` threads
@@ -82,10 +100,15 @@ class ProbeConfig:
     lams: tuple[float, ...] = (0.15,)
     anchor_weight: float = 0.0
     init_head: str | None = None
-    seeds: int = 5
+    seeds: int | None = None
     select_seeds: int = 1
     sensitivity: tuple[tuple[float, float], ...] = ()
     figure6: bool = True
+    gamma_scales: tuple[str, ...] = ("absolute",)
+    feature_noise: tuple[float, ...] = (0.0,)
+    feature_noise_seed: int = 0
+    logreg: bool = True
+    logreg_cs: tuple[float, ...] = LOGREG_CS
     device: str = "auto"
     threads: int | None = 1
     jobs: int = 1
@@ -94,11 +117,25 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         self.heads, self.losses = tuple(self.heads), tuple(self.losses)
         self.gammas, self.lams = tuple(self.gammas), tuple(self.lams)
+        self.gamma_scales = tuple(self.gamma_scales)
         self.sensitivity = tuple((float(g), float(lam)) for g, lam in self.sensitivity)
         _check_choices("head", self.heads, HEAD_KINDS)
         _check_choices("loss", self.losses, LOSSES)
+        _check_choices("gamma scale", self.gamma_scales, GAMMA_SCALES)
         if self.preset not in PRESETS:
             raise UsageError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.seeds is None:
+            self.seeds = PRESET_SEEDS[self.preset]
+        self.feature_noise = _finite_values("feature noise σ", self.feature_noise, "0,0.5,1")
+        if not self.feature_noise:
+            raise UsageError("no feature noise σ given; pass 0 for the features as they are, e.g. 0,0.5,1")
+        if len(set(self.feature_noise)) != len(self.feature_noise):
+            raise UsageError(f"feature noise σ values repeated in {self.feature_noise}; list each once")
+        if isinstance(self.feature_noise_seed, bool) or not isinstance(self.feature_noise_seed, int):
+            raise UsageError(f"feature_noise_seed must be an integer, got {self.feature_noise_seed!r}")
+        self.logreg_cs = _finite_values("logistic-regression C", self.logreg_cs, "0.01,1,100")
+        if self.logreg and (not self.logreg_cs or min(self.logreg_cs) <= 0):
+            raise UsageError(f"logistic-regression C values must be > 0, got {self.logreg_cs}")
         if self.epochs is not None and self.epochs < 1:
             raise UsageError(f"epochs must be >= 1, got {self.epochs}")
         if self.lrs is not None:
@@ -153,6 +190,18 @@ class ProbeConfig:
             weight_decay=base.weight_decay,
             schedule=base.schedule,
         )
+
+
+def _finite_values(what: str, values: tuple[float, ...], example: str) -> tuple[float, ...]:
+    """``values`` as floats, each finite and >= 0, or one line naming the problem."""
+    try:
+        numbers = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        shown = ",".join(str(v) for v in values) if isinstance(values, tuple | list) else repr(values)
+        raise UsageError(f"{what} values must be numbers such as {example}, got {shown}") from None
+    if any(not (v >= 0 and math.isfinite(v)) for v in numbers):
+        raise UsageError(f"{what} values must be finite numbers >= 0, got {numbers}")
+    return numbers
 
 
 def _check_choices(what: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:

@@ -1,10 +1,10 @@
 """The probe's input: one feature cache (`noisylm.probing.features` format) in memory, checked and
-fingerprinted."""
+fingerprinted; its per-dimension std, and a copy with Gaussian feature noise (a simulated noisy backbone)."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ class ProbeData:
     class_names: list[str]
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
     source: str = ""
+    feature_noise: float = 0.0  # σ of the noise added by `with_feature_noise` (0 = the cache as it is)
 
 
 def load_probe_data(cache_dir: str | Path) -> ProbeData:
@@ -88,3 +89,45 @@ def cache_fingerprint(data: ProbeData) -> str:
             digest.update(f"{split}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(memoryview(tensor.contiguous().numpy()).cast("B"))
     return digest.hexdigest()
+
+
+def feature_std(data: ProbeData) -> torch.Tensor:
+    """The training split's per-dimension standard deviation (sample std, [d], float32); 0 for a
+    constant dimension. The scale of ``--gamma-scale feature-std`` and of ``--feature-noise``."""
+    features = data.splits["train"][0]
+    if len(features) < 2:
+        return torch.zeros(features.shape[1], dtype=torch.float32)
+    return features.double().std(0).float()
+
+
+def with_feature_noise(data: ProbeData, sigma: float, seed: int) -> ProbeData:
+    """A copy of ``data`` whose features carry Gaussian noise of std σ × `feature_std` (per dimension),
+    drawn once per example of every split from ``seed``: the frozen features of a noisier backbone.
+
+    One standard-normal draw z (train, then val, then test rows) serves every σ, so the noise of σ₂ is
+    that of σ₁ scaled by σ₂/σ₁. σ = 0 returns ``data`` itself (the features exactly as they are)."""
+    if sigma == 0:
+        return data
+    scale = float(sigma) * feature_std(data)
+    generator = torch.Generator().manual_seed(seed)
+    splits = {}
+    for split in ("train", "val", "test"):
+        features, labels = data.splits[split]
+        z = torch.randn(features.shape, generator=generator, dtype=torch.float32)
+        splits[split] = (features + z * scale, labels)
+    return replace(data, splits=splits, feature_noise=float(sigma))
+
+
+class FeatureViews:
+    """The caches as the probe sees them at each feature-noise σ: `with_feature_noise` copies, made on
+    first use and kept (one copy of a cache per σ ≠ 0 probed)."""
+
+    def __init__(self, datasets: list[ProbeData], seed: int) -> None:
+        self.datasets, self.seed = datasets, seed
+        self._noisy: dict[tuple[int, float], ProbeData] = {}
+
+    def get(self, cache: int, sigma: float) -> ProbeData:
+        key = (cache, float(sigma))
+        if key not in self._noisy:
+            self._noisy[key] = with_feature_noise(self.datasets[cache], sigma, self.seed)
+        return self._noisy[key]

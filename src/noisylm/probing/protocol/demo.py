@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from noisylm.probing.protocol.baseline import LOGREG_LABEL
 from noisylm.probing.protocol.config import ProbeConfig
 from noisylm.probing.protocol.phases import probe
+from noisylm.probing.protocol.tables import paired_line
 
 
 def demo_probe(out_dir: str | Path) -> Path:
@@ -28,5 +30,9 @@ def demo_probe(out_dir: str | Path) -> Path:
     summary = probe([cache], result_dir, config, overwrite=True)
     for row in summary["rows"]:
         print(f"   {row['head']:>6} {row['loss']:>3}: test accuracy {row['mean']:.2f} ± {row['std']:.2f}%")
+        if row["paired"]:
+            print(f"          {paired_line(row)}")
+    for row in summary["logreg"]:
+        print(f"   {LOGREG_LABEL} (C={row['C']:g}): test accuracy {row['mean']:.2f}%")
     print(f"   tables: {result_dir / 'table_main.md'}, figure: {result_dir / 'figure6.png'}")
     return result_dir

@@ -1,4 +1,5 @@
-"""Figure 6: predicted labels of CE, L2 and LGM heads on a random 2-D plane through a test feature."""
+"""Figure 6 (predicted labels of CE, L2 and LGM heads on a random 2-D plane through a test feature) and
+the feature-noise figure (test accuracy against the σ of noise added to the features)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 
 import torch
 
-from noisylm.plotting import save_png
-from noisylm.probing.protocol.config import ProbeConfig
+from noisylm.plotting import figure_row, save_png
+from noisylm.probing.protocol.baseline import LOGREG_LABEL
+from noisylm.probing.protocol.config import HEAD_LABELS, LOSS_LABELS, ProbeConfig
 from noisylm.probing.protocol.data import ProbeData
 from noisylm.probing.protocol.training import RunSpec, accuracy, run_ids, train_head
 
@@ -63,6 +65,9 @@ def figure6(
             0.0 if loss == "ce" else (row.get("lam") or lam),
             0,
             config.anchor_weight,
+            "absolute"
+            if loss == "ce"
+            else (row.get("gamma_scale") or base.get("gamma_scale") or config.gamma_scales[0]),
         )
         head, _ = train_head(data, spec, recipe, device, init_state)
         heads[title] = head
@@ -73,6 +78,7 @@ def figure6(
                     **run_ids(data, head_kind, loss),
                     **asdict(spec),
                     "init_head": config.init_head,
+                    "feature_noise": data.feature_noise,
                     "test_acc": accuracy(head, *data.splits["test"]),
                 }
             )
@@ -146,3 +152,33 @@ def figure6(
     save_png(fig, path, dpi=110)
     plt.close(fig)
     return stats
+
+
+def feature_noise_figure(curves: list[dict[str, Any]], path: Path) -> None:
+    """Test accuracy against feature noise σ: a panel per (backbone, dataset, head), a line per loss
+    with its t-based 95% interval over seeds (shaded), the logistic regression dashed."""
+    panels: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for curve in curves:
+        panels.setdefault((curve["backbone"], curve["dataset"], curve["head"]), []).append(curve)
+    fig, axes = figure_row(len(panels), width=4.6, height=3.6)
+    for ax, ((backbone, dataset, head), lines) in zip(axes, panels.items(), strict=True):
+        for curve in lines:
+            sigma, mean = curve["sigma"], curve["mean"]
+            if curve["loss"] == "logreg":
+                ax.plot(sigma, mean, linestyle="--", color="0.4", marker=".", label=LOGREG_LABEL)
+                continue
+            label = "CE" + LOSS_LABELS[curve["loss"]] if curve["loss"] != "ce" else "CE"
+            (line,) = ax.plot(sigma, mean, marker="o", markersize=3, label=label)
+            bands = [(s, i) for s, i in zip(sigma, curve["ci95"], strict=True) if i is not None]
+            if bands:
+                ax.fill_between(
+                    [s for s, _ in bands], [i[0] for _, i in bands], [i[1] for _, i in bands],
+                    color=line.get_color(), alpha=0.2, linewidth=0,
+                )  # fmt: skip
+        ax.set_title(f"{backbone} / {dataset} / {HEAD_LABELS[head]}", fontsize=10)
+        ax.set_xlabel("feature noise σ (× per-dimension std of train)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Test accuracy against feature noise: mean and 95% interval over seeds", fontsize=10)
+    save_png(fig, path)

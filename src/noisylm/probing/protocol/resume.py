@@ -30,11 +30,12 @@ from noisylm.errors import NoisyLMError
 from noisylm.probing.protocol.config import ProbeConfig
 from noisylm.probing.protocol.data import ProbeData, cache_fingerprint
 
-PARTIAL_FORMAT = "noisylm-probe-partial/1"
+PARTIAL_FORMAT = "noisylm-probe-partial/2"  # /2: runs also keyed by gamma_scale, feature_noise, C
 # What identifies a finished run in the progress file; resume reuses a run only on an exact match.
+# Phases: select, final, paired, sensitivity (heads), logreg-select, logreg (the logistic regression).
 SPEC_FIELDS = (
     "phase", "backbone", "dataset", "head", "loss", "lr", "batch_size", "gamma", "lam", "seed", "epochs",
-    "anchor_weight", "init_head",
+    "anchor_weight", "init_head", "gamma_scale", "feature_noise", "C",
 )  # fmt: skip
 
 

@@ -1,4 +1,10 @@
-"""Training one head: a run's spec, its initial weights, the training loop, accuracy and the run's record."""
+"""Training one head: a run's spec, its initial weights, the training loop, accuracy and the run's record.
+
+Pairing: a run's random choices come from its seed alone, each from its own generator: the head's
+initial weights (`initial_head`), the per-epoch permutation of the training examples and the δ of
+Eq. 3 (drawn only by penalised losses, from a generator of its own, so that drawing it moves nothing
+else). Seed s of `ce` and of every penalised loss therefore starts from the same weights and, at the
+same batch size, sees the same batches in the same order; only the loss differs."""
 
 from __future__ import annotations
 
@@ -15,13 +21,15 @@ from noisylm.artifacts import sha256_file
 from noisylm.errors import NoisyLMError
 from noisylm.probing.heads import make_head
 from noisylm.probing.lgm import LGMLoss
+from noisylm.probing.protocol.baseline import LogRegSpec, logreg_record
 from noisylm.probing.protocol.config import Recipe
-from noisylm.probing.protocol.data import ProbeData
+from noisylm.probing.protocol.data import ProbeData, feature_std
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: a head kind, a loss, its hyper-parameters, a seed and the L2-SP weight α."""
+    """One training run: a head kind, a loss, its hyper-parameters, a seed, the L2-SP weight α and
+    how γ is read (`absolute`, or `feature-std`: relative to the training split's per-dimension std)."""
 
     head: str
     loss: str
@@ -31,6 +39,17 @@ class RunSpec:
     lam: float
     seed: int
     anchor_weight: float = 0.0
+    gamma_scale: str = "absolute"
+
+
+def perturbation_scale(data: ProbeData, gamma_scale: str) -> torch.Tensor | None:
+    """The per-dimension scale s of δ in t̂ = t + γ(s ⊙ δ): None for `absolute` (Eq. 3 as written),
+    the training split's per-dimension std for `feature-std`."""
+    if gamma_scale == "absolute":
+        return None
+    if gamma_scale == "feature-std":
+        return feature_std(data)
+    raise NoisyLMError(f"unknown gamma scale {gamma_scale!r}; choose absolute or feature-std")
 
 
 def initial_head(
@@ -64,6 +83,7 @@ def train_head(
     shuffle = torch.Generator().manual_seed(spec.seed)
     noise = torch.Generator(device=device).manual_seed(spec.seed + 1_000_003)
     variant = "none" if spec.loss == "ce" else spec.loss
+    scale = perturbation_scale(data, spec.gamma_scale) if variant != "none" else None
     # θ₀ of the L2-SP term is snapshotted here, from the head as initialised above.
     criterion = LGMLoss(
         head,
@@ -72,6 +92,7 @@ def train_head(
         variant=variant,
         anchor_weight=spec.anchor_weight,
         generator=noise,
+        feature_scale=None if scale is None else scale.to(device),
     )
     optimizer = make_optimizer(recipe, list(head.parameters()), spec.lr)
     n = len(labels)
@@ -184,12 +205,15 @@ def run_ids(data: ProbeData, head: str, loss: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Task:
-    """One run to train: the cache (its index among the probe's caches), spec, recipe and phase."""
+    """One run to train: the cache (its index among the probe's caches), spec, recipe, phase and the σ
+    of the feature noise the cache is seen with (`data.with_feature_noise`). A `LogRegSpec` spec is a
+    logistic-regression fit (`baseline`) instead of a head."""
 
     cache: int
-    spec: RunSpec
-    recipe: Recipe
+    spec: RunSpec | LogRegSpec
+    recipe: Recipe | None
     phase: str
+    feature_noise: float = 0.0
 
 
 def train_record(
@@ -200,6 +224,8 @@ def train_record(
     init_state: dict[str, torch.Tensor] | None,
 ) -> dict[str, Any]:
     """Train one run and return its record (``ids`` + loss, distance to θ₀, accuracies, seconds)."""
+    if isinstance(task.spec, LogRegSpec):
+        return logreg_record(data, task.spec, ids, test=task.phase != "logreg-select")
     started = time.perf_counter()
     head, train_loss = train_head(data, task.spec, task.recipe, device, init_state)
     start = initial_head(data, task.spec, device, init_state)

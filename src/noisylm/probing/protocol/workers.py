@@ -1,7 +1,8 @@
 """Who trains the runs of a phase: this process one after another, or a pool of spawned workers.
 
 ``jobs`` > 1 trains the independent runs of each phase at once in that many worker processes (all
-selection runs, then all final runs, then all Table 6 runs; Figure 6 stays in this process). The
+selection runs, then all final and paired runs, then all Table 6 runs; Figure 6 stays in this
+process). The
 results equal those of ``jobs`` = 1 but for the ``seconds`` fields, and a probe may resume with
 another ``jobs``. The workers are started with "spawn", so a script that calls `probe` with
 ``jobs`` > 1 needs the ``if __name__ == "__main__":`` guard.
@@ -25,7 +26,13 @@ import torch
 
 from noisylm.errors import NoisyLMError
 from noisylm.probing.protocol.config import ProbeConfig
-from noisylm.probing.protocol.data import ProbeData, cache_fingerprint, load_probe_data
+from noisylm.probing.protocol.data import (
+    FeatureViews,
+    ProbeData,
+    cache_fingerprint,
+    load_probe_data,
+    with_feature_noise,
+)
 from noisylm.probing.protocol.training import Task, train_record
 
 _Done = Iterator[tuple[int, dict[str, Any]]]
@@ -35,9 +42,9 @@ class InProcess:
     """Trains the runs one after another in this process (``jobs`` = 1)."""
 
     def __init__(
-        self, datasets: list[ProbeData], device: torch.device, init_state: dict[str, torch.Tensor] | None
+        self, views: FeatureViews, device: torch.device, init_state: dict[str, torch.Tensor] | None
     ) -> None:
-        self.datasets, self.device, self.init_state = datasets, device, init_state
+        self.views, self.device, self.init_state = views, device, init_state
 
     def __enter__(self) -> InProcess:
         return self
@@ -48,7 +55,8 @@ class InProcess:
     def train(self, todo: list[tuple[int, Task, dict[str, Any]]]) -> _Done:
         """(index, record) of each run of ``todo`` as it finishes."""
         for i, task, ids in todo:
-            yield i, train_record(self.datasets[task.cache], task, ids, self.device, self.init_state)
+            data = self.views.get(task.cache, task.feature_noise)
+            yield i, train_record(data, task, ids, self.device, self.init_state)
 
 
 class WorkerPool:
@@ -78,7 +86,7 @@ class WorkerPool:
             from safetensors.torch import save
 
             init_bytes = save(init_state)
-        self._initargs = (threads, str(device), init_bytes, os.getpid())
+        self._initargs = (threads, str(device), init_bytes, config.feature_noise_seed, os.getpid())
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> WorkerPool:
@@ -148,7 +156,7 @@ def _sigint_blocked() -> Iterator[None]:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(threads: int, device: str, init_head: bytes | None, parent: int) -> None:
+def _worker_init(threads: int, device: str, init_head: bytes | None, noise_seed: int, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -158,7 +166,7 @@ def _worker_init(threads: int, device: str, init_head: bytes | None, parent: int
         from safetensors.torch import load
 
         init_state = load(init_head)
-    _WORKER.update(device=torch.device(device), init_state=init_state, data={})
+    _WORKER.update(device=torch.device(device), init_state=init_state, noise_seed=noise_seed, data={})
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
@@ -170,14 +178,18 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _worker_train(cache: str, fingerprint: str, task: Task, ids: dict[str, Any]) -> dict[str, Any]:
-    """One run in a worker process; its cache is read on the worker's first run of it, then kept."""
-    data = _WORKER["data"].get(cache)
-    if data is None:
-        data = load_probe_data(cache)
-        if cache_fingerprint(data) != fingerprint:
+    """One run in a worker process; its cache is read on the worker's first run of it, then kept (and
+    so is each feature-noise copy of it, made as the main process makes it)."""
+    clean = _WORKER["data"].get((cache, 0.0))
+    if clean is None:
+        clean = load_probe_data(cache)
+        if cache_fingerprint(clean) != fingerprint:
             raise NoisyLMError(
                 f"{cache}: its features changed on disk while the probe ran; restore them, or start "
                 "again with --overwrite"
             )
-        _WORKER["data"][cache] = data
-    return train_record(data, task, ids, _WORKER["device"], _WORKER["init_state"])
+        _WORKER["data"][cache, 0.0] = clean
+    key = (cache, float(task.feature_noise))
+    if key not in _WORKER["data"]:
+        _WORKER["data"][key] = with_feature_noise(clean, task.feature_noise, _WORKER["noise_seed"])
+    return train_record(_WORKER["data"][key], task, ids, _WORKER["device"], _WORKER["init_state"])
