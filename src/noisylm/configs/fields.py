@@ -48,6 +48,8 @@ class Check:
     allowed: str
     holds: Callable[[Any], bool]
     choices: tuple[Any, ...] | None = None  # for one_of: lets a CLI show them as the metavar
+    # The whole error line for a bad value, where "NAME must be ALLOWED, got VALUE" is not the best one.
+    message: Callable[[Any], str] | None = None
 
 
 def at_least(low: float) -> Check:
@@ -70,9 +72,16 @@ def between(low: float, high: float, *, include_low: bool = True, include_high: 
     return Check(f"in {interval}", holds)
 
 
-def one_of(choices: Iterable[Any]) -> Check:
+def one_of(choices: Iterable[Any], message: Callable[[Any], str] | None = None) -> Check:
     choices = tuple(choices)
-    return Check(f"one of {{{', '.join(map(str, choices))}}}", lambda value: value in choices, choices)
+    return Check(
+        f"one of {{{', '.join(map(str, choices))}}}", lambda value: value in choices, choices, message
+    )
+
+
+def rule(problem: Callable[[Any], str | None]) -> Check:
+    """A check that ``problem(value)`` names: None when the value is fine, else the one-line error."""
+    return Check("valid", lambda value: problem(value) is None, message=lambda value: problem(value) or "")
 
 
 def setting(
@@ -115,6 +124,8 @@ def validate(config: Any) -> None:
         value = check_type(f.name, getattr(config, f.name), hints[f.name])
         check = check_of(f)
         if value is not None and check is not None and not check.holds(value):
+            if check.message is not None:
+                raise UsageError(check.message(value))
             raise UsageError(f"{f.name} must be {check.allowed}, got {value!r}")
         object.__setattr__(config, f.name, value)  # also for frozen dataclasses
 
@@ -125,9 +136,14 @@ def _type_hints(cls: type) -> dict[str, Any]:
 
 
 def check_type(name: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a field annotation (int, float, bool, str, X | None, dict[str, str])."""
+    """Check ``value`` against a field annotation and return it normalised: int, float, bool, str,
+    X | None, ``tuple[X, ...]`` / ``tuple[X, Y]`` / ``list[X]`` (from a list or tuple), ``dict[str, X]``,
+    a dataclass (an instance of it) and Any (anything)."""
     args = typing.get_args(annotation)
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if isinstance(annotation, types.UnionType) or origin is typing.Union:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
@@ -140,14 +156,29 @@ def check_type(name: str, value: Any, annotation: Any) -> Any:
                 pass
         kinds = " or ".join(getattr(kind, "__name__", str(kind)) for kind in inner)
         raise UsageError(f"{name} must be {kinds}, got {value!r}")
-    if typing.get_origin(annotation) is dict:
+    if origin is dict:
+        item = args[1] if len(args) == 2 else Any
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise UsageError(f"{name} must be a table of name = path, got {value!r}")
-        return {
-            k: str(v) if isinstance(v, os.PathLike) else check_type(f"{name}.{k}", v, str)
-            for k, v in value.items()
-        }
-    if annotation is bool:
+            what = "a table of name = path" if item is str else "a table"
+            raise UsageError(f"{name} must be {what}, got {value!r}")
+        return {k: check_type(f"{name}.{k}", v, item) for k, v in value.items()}
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):  # a string is not a list of its characters
+            raise UsageError(f"{name} must be a list of {_type_name(annotation)}, got {value!r}")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):  # tuple[X, Y]: fixed length
+            if len(value) != len(args):
+                raise UsageError(f"{name} must be a list of {len(args)} values, got {value!r}")
+            kinds = args
+        else:
+            kinds = (args[0] if args else Any,) * len(value)
+        items = [
+            check_type(f"{name}[{i}]", v, kind) for i, (v, kind) in enumerate(zip(value, kinds, strict=True))
+        ]
+        return tuple(items) if origin is tuple else items
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+    elif annotation is bool:
         if isinstance(value, bool):
             return value
     elif annotation is int:
@@ -163,8 +194,15 @@ def check_type(name: str, value: Any, annotation: Any) -> Any:
             return str(value)
         if isinstance(value, str):
             return value
-    kind = getattr(annotation, "__name__", str(annotation))
-    raise UsageError(f"{name} must be {kind}, got {value!r}")
+    raise UsageError(f"{name} must be {_type_name(annotation)}, got {value!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    """``int``; ``float`` for ``tuple[float, ...]`` (what each item must be)."""
+    args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+    if typing.get_origin(annotation) in (tuple, list) and len(args) == 1:
+        annotation = args[0]
+    return getattr(annotation, "__name__", str(annotation))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from importlib import resources
 from typing import Any
 
 from noisylm.artifacts import read_config_file
+from noisylm.configs.fields import Check, at_least, one_of, rule, setting, validate
 from noisylm.errors import UsageError
 from noisylm.experiments.plan import PlannedRun, run_name
 
@@ -44,95 +45,149 @@ class NoiseSpec:
             raise UsageError(f"noise kind {self.kind!r} lists an alpha twice: {self.alphas}")
 
 
+_POSITIVE = "downstream epochs, batch_size and lr must be positive"
+
+
 @dataclass
 class DownstreamConfig:
     """The downstream stage (the paper's Table 1 at sweep scale): after training, features of every
-    run's final checkpoint on a labelled task, probed with CE and CE + L_gm at a fixed recipe.
+    run's final checkpoint on a labelled task, probed with CE and CE + L_gm at a fixed recipe (no grid
+    search). Every field documents itself (`noisylm.configs.fields.setting`; the README's sweep table)."""
 
-    dataset: a bundled dataset name or a path (`noisylm extract`'s); the default is which of the bundled
-    Shakespeare texts a passage comes from. runs: the runs to probe (empty = every run). heads,
-    losses: as for `noisylm probe`. seeds: probe seeds per head and loss (mean ± std, and the pairs of
-    the paired differences). epochs, lr, batch_size, gamma, lam: the one recipe every probe trains with
-    (no grid search). pooling, max_length, extract_batch_size: feature extraction. max_train,
-    max_test: stratified caps of the dataset's splits. split_seed: seed of the dataset's splits.
-    device: where extraction and probing run.
-    """
-
-    dataset: str = "shakespeare-plays"
-    runs: list[str] = field(default_factory=list)
-    heads: list[str] = field(default_factory=lambda: ["linear", "mlp"])
-    losses: list[str] = field(default_factory=lambda: ["ce", "lgm"])
-    seeds: int = 3
-    epochs: int = 10
-    lr: float = 1e-3
-    batch_size: int = 32
-    gamma: float = 0.01
-    lam: float = 0.15
-    pooling: str = "mean"
-    max_length: int = 128
-    extract_batch_size: int = 64
-    max_train: int | None = None
-    max_test: int | None = None
-    split_seed: int = 0
-    device: str = "cpu"
+    dataset: str = setting(
+        "shakespeare-plays",
+        "a bundled dataset name or a path (`noisylm extract`'s); the default: which of the bundled "
+        "Shakespeare texts a passage comes from",
+    )
+    runs: list[str] = setting(doc="the runs to probe; empty = every run", default_factory=list)
+    heads: list[str] = setting(
+        doc="head kinds, as for `noisylm probe`", default_factory=lambda: ["linear", "mlp"]
+    )
+    losses: list[str] = setting(
+        doc="losses, as for `noisylm probe`; must include `ce`",
+        default_factory=lambda: ["ce", "lgm"],
+        check=rule(
+            lambda losses: (
+                None
+                if "ce" in losses
+                else "downstream losses must include 'ce' (Table 1 compares CE with CE + L_gm)"
+            )
+        ),
+    )
+    seeds: int = setting(
+        3,
+        "probe seeds per head and loss (mean ± std, and the pairs of the paired differences)",
+        Check(
+            ">= 2",
+            lambda value: value >= 2,
+            message=lambda value: f"downstream seeds must be >= 2 (mean ± std over them), got {value}",
+        ),
+    )
+    epochs: int = setting(
+        10, "epochs of every probe", Check(">= 1", lambda v: v >= 1, message=lambda v: _POSITIVE)
+    )
+    lr: float = setting(
+        1e-3, "learning rate of every probe", Check("> 0", lambda v: v > 0, message=lambda v: _POSITIVE)
+    )
+    batch_size: int = setting(
+        32, "batch size of every probe", Check(">= 1", lambda v: v >= 1, message=lambda v: _POSITIVE)
+    )
+    gamma: float = setting(0.01, "γ of L_gm (Eq. 3)")
+    lam: float = setting(0.15, "λ of L_gm (Eq. 6)")
+    pooling: str = setting(
+        "mean",
+        "feature extraction: `mean` or `last` hidden state",
+        one_of(
+            ("mean", "last"), lambda value: f"downstream pooling {value!r} is not valid; use 'mean' or 'last'"
+        ),
+    )
+    max_length: int = setting(128, "feature extraction: tokens per passage")
+    extract_batch_size: int = setting(64, "feature extraction: passages per forward pass")
+    max_train: int | None = setting(None, "stratified cap of the dataset's train split; none = all")
+    max_test: int | None = setting(None, "stratified cap of the dataset's test split; none = all")
+    split_seed: int = setting(0, "seed of the dataset's splits")
+    device: str = setting("cpu", "where extraction and probing run")
 
     def __post_init__(self) -> None:
-        if self.seeds < 2:
-            raise UsageError(f"downstream seeds must be >= 2 (mean ± std over them), got {self.seeds}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise UsageError("downstream epochs, batch_size and lr must be positive")
-        if "ce" not in self.losses:
-            raise UsageError("downstream losses must include 'ce' (Table 1 compares CE with CE + L_gm)")
-        if self.pooling not in ("mean", "last"):
-            raise UsageError(f"downstream pooling {self.pooling!r} is not valid; use 'mean' or 'last'")
-        self.heads, self.losses, self.runs = list(self.heads), list(self.losses), list(self.runs)
+        validate(self)  # types (lists stay lists) and each field's check
 
 
 @dataclass
 class SweepConfig:
-    """A sweep: one clean corpus, a grid of noisy variants, one shared training recipe."""
+    """A sweep: one clean corpus, a grid of noisy variants, one shared training recipe. Every field
+    documents itself (`noisylm.configs.fields.setting`; the README's sweep table)."""
 
-    name: str = "sweep"
-    # The clean training corpus: a bundled corpus name (`shakespeare`, `python-docs`), prepared into
-    # data/clean with `tokenizer`, or the path of a shard set made with `noisylm prepare`.
-    data: str | None = None
-    tokenizer: str = "gpt2"  # for bundled corpora; a prepared shard set keeps its own
-    # Extra eval domains (Fig. 4): eval-set name -> bundled corpus name or prepared shard set.
-    domains: dict[str, str] = field(default_factory=dict)
-    clean: bool = True  # include the α = 0 baseline (the report compares every run against it)
-    noise: list[NoiseSpec] = field(default_factory=list)
-    placement: str = "append"  # the paper appends the noise after the clean data; or "interleave"
-    noise_seed: int = 0  # seed of the noise generator, the same for every noisy variant
-    seed: int = 1337  # training seed, the same for every run (paired sampling)
-    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields shared by every run
-    launcher: str = "inprocess"  # "torchrun" launches each run as `torchrun ... noisylm train`
-    nproc_per_node: int = 1  # processes per run under torchrun (GPUs per node)
-    # Runs trained at once, each in its own `noisylm train` process on one thread (launcher "inprocess"
-    # only): on a small CPU, two single-threaded runs use two cores better than one two-threaded run.
-    parallel: int = 1
-    # Each run (clean and noisy) repeated this many times: replicate r trains with seed + r and
-    # data_seed + r on the same shard set, named `clean-r1`, `uniform-a0.05-r1` (r = 0: the plain name),
-    # and the summary gives each paired difference with its 95% interval over the replicates.
-    replicates: int = 1
-    # The downstream stage (Table 1), run after training; None = no downstream stage.
-    downstream: DownstreamConfig | None = None
+    name: str = setting(
+        "sweep",
+        "the sweep's name, without '/'",
+        rule(
+            lambda name: (
+                None
+                if name and "/" not in name
+                else f"sweep name {name!r} must be a non-empty name without '/'"
+            )
+        ),
+    )
+    data: str | None = setting(
+        None,
+        "the clean training corpus: a bundled corpus (`shakespeare`, `python-docs`), prepared into "
+        "data/clean with `tokenizer`, or a shard set made with `noisylm prepare`",
+    )
+    tokenizer: str = setting(
+        "gpt2", "tokenizer for bundled corpora (`bytes`, `gpt2`); a shard set keeps its own"
+    )
+    domains: dict[str, str] = setting(
+        doc="extra eval domains (Fig. 4): `{name: bundled corpus or shard set}`", default_factory=dict
+    )
+    clean: bool = setting(True, "include the α = 0 baseline (the report compares every run against it)")
+    noise: list[NoiseSpec] = setting(
+        doc="`[[noise]]` entries `{kind, alphas, params}`: one run per α; kinds of `noisylm inject`",
+        default_factory=list,
+    )
+    placement: str = setting(
+        "append",
+        "`append` the noise after the clean data (as the paper does) or `interleave` it",
+        one_of(
+            ("append", "interleave"),
+            lambda value: f"placement {value!r} is not valid; use 'append' or 'interleave'",
+        ),
+    )
+    noise_seed: int = setting(0, "seed of the noise generator, the same for every noisy variant")
+    seed: int = setting(1337, "training seed, the same for every run (paired sampling)")
+    train: dict[str, Any] = setting(
+        doc="`[train]`: TrainConfig fields shared by every run", default_factory=dict
+    )
+    launcher: str = setting(
+        "inprocess",
+        "`inprocess`, or `torchrun` (each run as `torchrun ... noisylm train`)",
+        one_of(
+            LAUNCHERS, lambda value: f"launcher {value!r} is not valid; use one of: {', '.join(LAUNCHERS)}"
+        ),
+    )
+    nproc_per_node: int = setting(1, "processes per run under torchrun (GPUs per node)", at_least(1))
+    parallel: int = setting(
+        1,
+        "runs trained at once, each its own single-threaded `noisylm train` process (`inprocess` only): on a "
+        "small CPU two single-threaded runs use two cores better than one two-threaded run",
+        at_least(1),
+    )
+    replicates: int = setting(
+        1,
+        "each run repeated this many times: replicate r trains with seed + r and data_seed + r, named "
+        "`clean-r1`, `uniform-a0.05-r1` (r = 0: the plain name); paired differences get 95% intervals",
+        at_least(1),
+    )
+    downstream: DownstreamConfig | None = setting(
+        None, "`[downstream]`: the Table 1 stage, run after training; none = no downstream stage"
+    )
 
     def __post_init__(self) -> None:
         self.noise = [n if isinstance(n, NoiseSpec) else _make(NoiseSpec, n, "noise") for n in self.noise]
         if self.downstream is not None and not isinstance(self.downstream, DownstreamConfig):
             self.downstream = _make(DownstreamConfig, self.downstream, "[downstream]")
-        if self.replicates < 1:
-            raise UsageError(f"replicates must be >= 1, got {self.replicates}")
-        if not self.name or "/" in self.name:
-            raise UsageError(f"sweep name {self.name!r} must be a non-empty name without '/'")
-        if self.placement not in ("append", "interleave"):
-            raise UsageError(f"placement {self.placement!r} is not valid; use 'append' or 'interleave'")
-        if self.launcher not in LAUNCHERS:
-            raise UsageError(f"launcher {self.launcher!r} is not valid; use one of: {', '.join(LAUNCHERS)}")
-        if self.nproc_per_node < 1:
-            raise UsageError(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
-        if self.parallel < 1:
-            raise UsageError(f"parallel must be >= 1, got {self.parallel}")
+        if not isinstance(self.train, dict):
+            raise UsageError("[train] must be a table of TrainConfig fields")
+        validate(self)  # types and each field's check
         if self.parallel > 1 and self.launcher != "inprocess":
             raise UsageError(
                 "parallel > 1 needs launcher = 'inprocess'; a scheduler parallelises torchrun jobs"
@@ -144,8 +199,6 @@ class SweepConfig:
                 raise UsageError(
                     f"domain name {name!r} is reserved or invalid; pick another (not val/noise/train)"
                 )
-        if not isinstance(self.train, dict):
-            raise UsageError("[train] must be a table of TrainConfig fields")
         names = [r.name for r in self.grid()]
         clash = set(names) & set(self.domains)
         if clash:

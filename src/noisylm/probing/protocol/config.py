@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from noisylm.configs.fields import Check, at_least, one_of, rule, setting, validate
 from noisylm.errors import UsageError
 from noisylm.probing.heads import HEAD_KINDS
 from noisylm.probing.lgm import VARIANTS
@@ -32,6 +33,17 @@ GAMMA_SCALES = ("absolute", "feature-std")
 # C of the logistic-regression reference (standardised features), chosen on validation.
 LOGREG_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 PAPER_SENSITIVITY = ((0.001, 0.001), (0.05, 0.05), (0.1, 0.1))  # Table 6
+
+
+def _grid(name: str) -> Check:
+    """A γ or λ grid: one value at least, each finite and >= 0."""
+    return rule(
+        lambda values: (
+            None
+            if values and all(v >= 0 and math.isfinite(v) for v in values)
+            else f"{name} values must be finite numbers >= 0, got {values}"
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -61,60 +73,116 @@ PRESET_SEEDS = {"nlu": 5, "vision": 5, "quick": 5, "study": 8}
 
 @dataclass
 class ProbeConfig:
-    """What `probe` runs.
+    """What `probe` runs. Every field documents itself (`noisylm.configs.fields.setting`): `noisylm probe
+    --help` and the README's probe table show the docs.
 
-    heads: head kinds (`linear`, `mlp`). losses: `ce` and/or LGM variants (`lgm`, `norm`, `cosine`,
-    `l2-output`). preset: `nlu`, `vision` or `quick` (optimiser, epochs, lr and batch grids).
-    epochs / lrs / batch_sizes: override the preset's values for every head.
-    gammas, lams: the γ and λ grids searched on validation for penalised losses (paper: 0.01, 0.15).
-    anchor_weight: α of the L2-SP term (α/2)‖θ − θ₀‖² added to every loss (`ce` included), θ₀ = the
-    head's initial weights (0 = off). init_head: a safetensors file of one head's state_dict that every
-    run starts from (and anchors to) instead of a seeded random init; needs a single head kind.
-    seeds: seeds per selected setting (mean ± std over them; None = the preset's: 8 for `study`, else
-    5). Seed s of every loss starts from the same head weights and sees the same batch order, so
-    the losses are compared seed by seed (`paired`). select_seeds: seeds per grid point during
-    selection, scored by their mean validation accuracy (1 = the paper's protocol; N costs N times the
-    selection runs and gives a steadier choice when the validation split is small).
-    sensitivity: (γ, λ) pairs for Table 6, trained for `lgm` at its selected lr/batch.
-    figure6: draw Figure 6 for the first cache and head.
-    feature_noise: σ values; at each, the probe runs on the caches' features plus Gaussian noise of
-    std σ × the training split's per-dimension std, drawn once per example (train, val and test, as
-    a noisy backbone would) with ``feature_noise_seed``, the same for every loss and seed; (0.0,) =
-    the features as they are. Several values: the probe at each, and test accuracy against σ.
-    logreg: add the reference of a scikit-learn logistic regression (standardised features, C in
-    ``logreg_cs`` chosen on validation) to the linear-head columns.
-    device: cpu | cuda | auto. threads: CPU threads while training (heads on batches of 8-128 rows
-    train fastest single-threaded, and several probes can then share a machine; None = torch's
-    setting). jobs: runs trained at once, each in its own worker process with ``threads`` threads
-    (1 = one after another in this process); the results do not depend on it, and a resumed probe
-    may use another value. progress: tqdm bars.
+    Seed s of every loss starts from the same head weights and sees the same batch order, so the losses
+    are compared seed by seed (`paired`). ``jobs`` does not change the results, and a resumed probe may
+    use another value.
     """
 
-    heads: tuple[str, ...] = ("linear", "mlp")
-    losses: tuple[str, ...] = ("ce", "lgm")
-    preset: str = "nlu"
-    epochs: int | None = None
-    lrs: tuple[float, ...] | None = None
-    batch_sizes: tuple[int, ...] | None = None
-    gammas: tuple[float, ...] = (0.01,)
-    lams: tuple[float, ...] = (0.15,)
-    anchor_weight: float = 0.0
-    init_head: str | None = None
-    seeds: int | None = None
-    select_seeds: int = 1
-    sensitivity: tuple[tuple[float, float], ...] = ()
-    figure6: bool = True
-    gamma_scales: tuple[str, ...] = ("absolute",)
-    feature_noise: tuple[float, ...] = (0.0,)
-    feature_noise_seed: int = 0
-    logreg: bool = True
-    logreg_cs: tuple[float, ...] = LOGREG_CS
-    device: str = "auto"
-    threads: int | None = 1
-    jobs: int = 1
-    progress: bool = True
+    heads: tuple[str, ...] = setting(("linear", "mlp"), "head kinds: `linear`, `mlp`")
+    losses: tuple[str, ...] = setting(
+        ("ce", "lgm"), "`ce` and/or LGM variants added to it: `lgm`, `norm`, `cosine`, `l2-output`"
+    )
+    preset: str = setting(
+        "nlu",
+        "`nlu`, `vision`, `quick` or `study`: optimiser, epochs, lr and batch grids (App. E)",
+        one_of(PRESETS, lambda value: f"unknown preset {value!r}; choose one of {', '.join(PRESETS)}"),
+    )
+    epochs: int | None = setting(None, "epochs of every head; none = the preset's", at_least(1))
+    lrs: tuple[float, ...] | None = setting(
+        None,
+        "learning-rate grid of every head; none = the preset's",
+        rule(
+            lambda lrs: (
+                None
+                if lrs and all(lr > 0 and math.isfinite(lr) for lr in lrs)
+                else f"learning rates must be positive numbers, got {lrs}"
+            )
+        ),
+    )
+    batch_sizes: tuple[int, ...] | None = setting(
+        None,
+        "batch-size grid of every head; none = the preset's",
+        rule(lambda sizes: None if sizes and min(sizes) >= 1 else f"batch sizes must be >= 1, got {sizes}"),
+    )
+    gammas: tuple[float, ...] = setting(
+        (0.01,), "γ grid (Eq. 3) searched on validation for penalised losses (paper: 0.01)", _grid("gamma")
+    )
+    lams: tuple[float, ...] = setting(
+        (0.15,), "λ grid (Eq. 6) searched on validation for penalised losses (paper: 0.15)", _grid("lambda")
+    )
+    anchor_weight: float = setting(
+        0.0,
+        "α of the L2-SP term (α/2)‖θ − θ₀‖² added to every loss (`ce` included), θ₀ = the head's "
+        "initial weights; 0 = off",
+    )
+    init_head: str | None = setting(
+        None,
+        "a safetensors file of one head's state_dict that every run starts from (and anchors to) instead "
+        "of a seeded random init; needs a single head kind",
+    )
+    seeds: int | None = setting(
+        None,
+        "seeds per selected setting (mean ± std over them); none = the preset's: 8 for `study`, else 5",
+        at_least(1),
+    )
+    select_seeds: int = setting(
+        1,
+        "seeds per grid point during selection, scored by their mean validation accuracy (1 = the paper's "
+        "protocol; N costs N times the selection runs and gives a steadier choice on a small val split)",
+        Check(">= 1 (seeds per grid point)", lambda value: value >= 1),
+    )
+    sensitivity: tuple[tuple[float, float], ...] = setting(
+        (), "(γ, λ) pairs for Table 6, trained for `lgm` at its selected lr/batch"
+    )
+    figure6: bool = setting(True, "draw Figure 6 for the first cache and head")
+    gamma_scales: tuple[str, ...] = setting(
+        ("absolute",),
+        "how γ is read: `absolute` t̂ = t + γδ (Eq. 3); `feature-std` t̂ = t + γ(s ⊙ δ), s = the training "
+        "split's per-dimension std; several are searched on validation with γ",
+    )
+    feature_noise: tuple[float, ...] = setting(
+        (0.0,),
+        "σ values: the probe at each on the features plus Gaussian noise of std σ × the training split's "
+        "per-dimension std, drawn once per example; (0.0,) = the features as they are",
+    )
+    feature_noise_seed: int = setting(0, "seed of the feature-noise draw, the same for every loss and seed")
+    logreg: bool = setting(
+        True,
+        "add a scikit-learn logistic-regression reference (standardised features) to the linear-head columns",
+    )
+    logreg_cs: tuple[float, ...] = setting(
+        LOGREG_CS, "C grid of the logistic-regression reference, chosen on validation"
+    )
+    device: str = setting(
+        "auto",
+        "`auto`, `cpu` or `cuda[:N]`",
+        rule(
+            lambda device: (
+                None
+                if device in ("auto", "cpu") or device.startswith("cuda")
+                else f"unknown device {device!r}; use auto, cpu or cuda[:N]"
+            )
+        ),
+    )
+    threads: int | None = setting(
+        1,
+        "CPU threads while training (heads on batches of 8-128 rows train fastest single-threaded); "
+        "none = torch's setting",
+        at_least(1),
+    )
+    jobs: int = setting(
+        1,
+        "runs trained at once, each in its own worker process with `threads` threads (1 = one after "
+        "another in this process); the results do not depend on it",
+        Check("an integer >= 1 (runs trained at once)", lambda value: value >= 1),
+    )
+    progress: bool = setting(True, "tqdm progress bars")
 
     def __post_init__(self) -> None:
+        # Conversions with their own messages first; then `validate` (types and each field's check).
         self.heads, self.losses = tuple(self.heads), tuple(self.losses)
         self.gammas, self.lams = tuple(self.gammas), tuple(self.lams)
         self.gamma_scales = tuple(self.gamma_scales)
@@ -122,9 +190,7 @@ class ProbeConfig:
         _check_choices("head", self.heads, HEAD_KINDS)
         _check_choices("loss", self.losses, LOSSES)
         _check_choices("gamma scale", self.gamma_scales, GAMMA_SCALES)
-        if self.preset not in PRESETS:
-            raise UsageError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if self.seeds is None:
+        if self.seeds is None and self.preset in PRESET_SEEDS:
             self.seeds = PRESET_SEEDS[self.preset]
         self.feature_noise = _finite_values("feature noise σ", self.feature_noise, "0,0.5,1")
         if not self.feature_noise:
@@ -136,49 +202,27 @@ class ProbeConfig:
         self.logreg_cs = _finite_values("logistic-regression C", self.logreg_cs, "0.01,1,100")
         if self.logreg and (not self.logreg_cs or min(self.logreg_cs) <= 0):
             raise UsageError(f"logistic-regression C values must be > 0, got {self.logreg_cs}")
-        if self.epochs is not None and self.epochs < 1:
-            raise UsageError(f"epochs must be >= 1, got {self.epochs}")
-        if self.lrs is not None:
-            self.lrs = tuple(float(x) for x in self.lrs)
-            if not self.lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs):
-                raise UsageError(f"learning rates must be positive numbers, got {self.lrs}")
-        if self.batch_sizes is not None:
-            self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
-            if not self.batch_sizes or min(self.batch_sizes) < 1:
-                raise UsageError(f"batch sizes must be >= 1, got {self.batch_sizes}")
-        for name, values in (("gamma", self.gammas), ("lambda", self.lams)):
-            if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
-                raise UsageError(f"{name} values must be finite numbers >= 0, got {values}")
+        try:
+            self.anchor_weight = float(self.anchor_weight)
+        except (TypeError, ValueError):
+            raise UsageError(f"anchor_weight must be a number, got {self.anchor_weight!r}") from None
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int):
+            raise UsageError(f"jobs must be an integer >= 1 (runs trained at once), got {self.jobs!r}")
+        validate(self)
         if self.sensitivity and "lgm" not in self.losses:
             raise UsageError("the sensitivity grid (Table 6) varies L_gm; add `lgm` to the losses")
         for gamma, lam in self.sensitivity:
             if not (gamma >= 0 and lam >= 0 and math.isfinite(gamma + lam)):
                 raise UsageError(f"sensitivity pairs need finite gamma, lambda >= 0, got ({gamma}, {lam})")
-        if self.seeds < 1:
-            raise UsageError(f"seeds must be >= 1, got {self.seeds}")
-        if self.select_seeds < 1:
-            raise UsageError(f"select_seeds must be >= 1 (seeds per grid point), got {self.select_seeds}")
-        try:
-            self.anchor_weight = float(self.anchor_weight)
-        except (TypeError, ValueError):
-            raise UsageError(f"anchor_weight must be a number, got {self.anchor_weight!r}") from None
         if not (self.anchor_weight >= 0 and math.isfinite(self.anchor_weight)):
             raise UsageError(
                 f"anchor_weight (α of the L2-SP term) must be a finite number >= 0, got {self.anchor_weight}"
             )
-        if self.init_head is not None:
-            self.init_head = str(self.init_head)
-            if len(self.heads) != 1:
-                raise UsageError(
-                    f"init_head holds the weights of one head kind but heads are {', '.join(self.heads)}; "
-                    "probe a single head kind with it (e.g. --heads linear)"
-                )
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"threads must be >= 1, got {self.threads}")
-        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
-            raise UsageError(f"jobs must be an integer >= 1 (runs trained at once), got {self.jobs!r}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise UsageError(f"unknown device {self.device!r}; use auto, cpu or cuda[:N]")
+        if self.init_head is not None and len(self.heads) != 1:
+            raise UsageError(
+                f"init_head holds the weights of one head kind but heads are {', '.join(self.heads)}; "
+                "probe a single head kind with it (e.g. --heads linear)"
+            )
 
     def recipe(self, head: str) -> Recipe:
         base = PRESETS[self.preset][head]
