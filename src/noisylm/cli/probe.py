@@ -81,6 +81,49 @@ def _sigmas(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
+# Options that set a ProbeConfig field (dest -> field): their help is the field's doc, read when help is
+# shown (ProbeConfig's module loads torch, which building the `noisylm` parser must not), plus what
+# the command line writes differently.
+FIELD_OPTIONS = {
+    "heads": ("heads", ""),
+    "losses": ("losses", ""),
+    "preset": ("preset", ""),
+    "epochs": ("epochs", ""),
+    "lr": ("lrs", ""),
+    "batch_size": ("batch_sizes", ""),
+    "gamma": ("gammas", ""),
+    "lam": ("lams", ""),
+    "gamma_scale": ("gamma_scales", ""),
+    "seeds": ("seeds", ""),
+    "select_seeds": ("select_seeds", ""),
+    "anchor_weight": ("anchor_weight", ""),
+    "init_head": ("init_head", ""),
+    "sensitivity": ("sensitivity", "; G:L pairs, or `paper` for its three"),
+    "feature_noise": ("feature_noise", "; comma-separated, e.g. 0,0.5,1"),
+    "feature_noise_seed": ("feature_noise_seed", ""),
+    "device": ("device", ""),
+    "threads": ("threads", " (0 on the command line)"),
+    "jobs": ("jobs", ""),
+}
+
+
+class _ProbeParser(argparse.ArgumentParser):
+    """`noisylm probe`'s parser: the help of each --FIELD option is ProbeConfig's doc of that field."""
+
+    def format_help(self) -> str:
+        import dataclasses
+
+        from noisylm.configs.fields import doc_of
+        from noisylm.probing.protocol.config import ProbeConfig
+
+        docs = {f.name: doc_of(f) for f in dataclasses.fields(ProbeConfig)}
+        for action in self._actions:
+            if action.dest in FIELD_OPTIONS:
+                name, extra = FIELD_OPTIONS[action.dest]
+                action.help = (docs[name] + extra).replace("`", "").replace("%", "%%")
+        return super().format_help()
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "probe",
@@ -90,6 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
+    parser.__class__ = _ProbeParser  # add_parser cannot take a parser class per subcommand
     parser.add_argument("caches", nargs="+", help="feature cache folders made by `noisylm extract`")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--heads", nargs="+", default=["linear", "mlp"], help="linear and/or mlp")

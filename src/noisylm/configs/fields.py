@@ -220,7 +220,16 @@ def format_default(f: dataclasses.Field) -> str:
         return str(value).lower()
     if value == "":
         return '""'
+    if isinstance(value, (tuple, list)):
+        return _as_list(value)
     return str(value)
+
+
+def _as_list(value: Any) -> str:
+    """A tuple or list as a TOML array: ``["linear", "mlp"]``, ``[0.01]``."""
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_as_list(item) for item in value) + "]"
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def help_text(f: dataclasses.Field) -> str:
