@@ -1,6 +1,6 @@
-"""Config fields that document and check themselves (`noisylm.configs.fields`), on `TrainConfig`: the
-README table and `noisylm train --help` show the field docs, and bad values give one line naming the
-field, the value and what is allowed."""
+"""Config fields that document and check themselves (`noisylm.configs.fields`), on `TrainConfig`,
+`SweepConfig`, `DownstreamConfig` and `ProbeConfig`: the README tables and `noisylm train/probe --help`
+show the field docs, and bad values give one line naming the field, the value and what is allowed."""
 
 from __future__ import annotations
 
@@ -10,21 +10,32 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from noisylm.configs import at_least, between, field_table, one_of, setting, update_tables, validate
-from noisylm.configs.fields import doc_of, main
+from noisylm.configs.fields import check_type, doc_of, main
 from noisylm.errors import UsageError
+from noisylm.experiments.config import DownstreamConfig, SweepConfig
+from noisylm.probing.protocol.config import ProbeConfig
 from noisylm.training import TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TRAIN_TABLE = "<!-- fields:noisylm.training.TrainConfig -->"
 
 
-def test_readme_train_table_is_generated_from_the_field_docs():
+TABLES = (
+    TRAIN_TABLE,
+    "<!-- fields:noisylm.experiments.config.SweepConfig -->",
+    "<!-- fields:noisylm.experiments.config.DownstreamConfig -->",
+    "<!-- fields:noisylm.probing.protocol.config.ProbeConfig -->",
+)
+
+
+def test_readme_tables_are_generated_from_the_field_docs():
     text = README.read_text(encoding="utf-8")
-    assert TRAIN_TABLE in text
+    assert all(table in text for table in TABLES)
     assert update_tables(text) == text, (
         "README field table is stale: run `python -m noisylm.configs README.md`"
     )
@@ -37,6 +48,116 @@ def test_every_train_field_has_a_one_line_doc():
         assert doc_of(f).strip() and "\n" not in doc_of(f), f.name
     model_doc = doc_of(next(f for f in dataclasses.fields(TrainConfig) if f.name == "model"))
     assert all(name in model_doc for name in PRESETS)  # the doc lists every preset
+
+
+@pytest.mark.parametrize("cls", [SweepConfig, DownstreamConfig, ProbeConfig])
+def test_every_sweep_and_probe_field_has_a_one_line_doc_in_its_readme_table(cls):
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"<!-- fields:{cls.__module__}.{cls.__name__} -->")
+    table = text[start : text.index("<!-- /fields -->", start)]
+    for f in dataclasses.fields(cls):
+        assert doc_of(f).strip() and "\n" not in doc_of(f), f.name
+        assert f"| `{f.name}` |" in table and doc_of(f) in table, f.name
+
+
+# The checks the three configs' __post_init__ made by hand, now field checks, with their messages.
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ProbeConfig(epochs=0), "epochs must be >= 1, got 0"),
+        (lambda: ProbeConfig(seeds=0), "seeds must be >= 1, got 0"),
+        (lambda: ProbeConfig(select_seeds=0), "select_seeds must be >= 1 (seeds per grid point), got 0"),
+        (lambda: ProbeConfig(threads=0), "threads must be >= 1, got 0"),
+        (lambda: ProbeConfig(jobs=0), "jobs must be an integer >= 1 (runs trained at once), got 0"),
+        (lambda: ProbeConfig(jobs=True), "jobs must be an integer >= 1 (runs trained at once), got True"),
+        (
+            lambda: ProbeConfig(preset="huge"),
+            "unknown preset 'huge'; choose one of nlu, vision, quick, study",
+        ),
+        (lambda: ProbeConfig(lrs=(0.1, -1)), "learning rates must be positive numbers, got (0.1, -1.0)"),
+        (lambda: ProbeConfig(lrs=()), "learning rates must be positive numbers, got ()"),
+        (lambda: ProbeConfig(batch_sizes=[0]), "batch sizes must be >= 1, got (0,)"),
+        (lambda: ProbeConfig(gammas=(-0.1,)), "gamma values must be finite numbers >= 0, got (-0.1,)"),
+        (lambda: ProbeConfig(lams=(math.inf,)), "lambda values must be finite numbers >= 0, got (inf,)"),
+        (lambda: ProbeConfig(device="tpu"), "unknown device 'tpu'; use auto, cpu or cuda[:N]"),
+        (lambda: ProbeConfig(lrs=("fast",)), "lrs[0] must be float, got 'fast'"),
+        (lambda: DownstreamConfig(seeds=1), "downstream seeds must be >= 2 (mean ± std over them), got 1"),
+        (lambda: DownstreamConfig(lr=0.0), "downstream epochs, batch_size and lr must be positive"),
+        (lambda: DownstreamConfig(batch_size=0), "downstream epochs, batch_size and lr must be positive"),
+        (
+            lambda: DownstreamConfig(pooling="max"),
+            "downstream pooling 'max' is not valid; use 'mean' or 'last'",
+        ),
+        (
+            lambda: DownstreamConfig(losses=["lgm"]),
+            "downstream losses must include 'ce' (Table 1 compares CE with CE + L_gm)",
+        ),
+        (lambda: SweepConfig(data="x", replicates=0), "replicates must be >= 1, got 0"),
+        (lambda: SweepConfig(data="x", parallel=0), "parallel must be >= 1, got 0"),
+        (lambda: SweepConfig(data="x", nproc_per_node=0), "nproc_per_node must be >= 1, got 0"),
+        (lambda: SweepConfig(data="x", name="a/b"), "sweep name 'a/b' must be a non-empty name without '/'"),
+        (
+            lambda: SweepConfig(data="x", placement="mix"),
+            "placement 'mix' is not valid; use 'append' or 'interleave'",
+        ),
+        (
+            lambda: SweepConfig(data="x", launcher="slurm"),
+            "launcher 'slurm' is not valid; use one of: inprocess, torchrun",
+        ),
+        (lambda: SweepConfig(data="x", seed="1"), "seed must be int, got '1'"),
+        (lambda: SweepConfig(data="x", train=[1]), "[train] must be a table of TrainConfig fields"),
+    ],
+)
+def test_sweep_and_probe_checks_keep_their_one_line_messages(make, message):
+    with pytest.raises(UsageError) as caught:
+        make()
+    assert str(caught.value) == message
+
+
+def test_sweep_and_probe_values_are_normalised_as_before():
+    probe = ProbeConfig(heads=["linear"], lrs=[1, 2e-3], batch_sizes=[8.0], gammas=[0], init_head=Path("h"))
+    assert probe.heads == ("linear",) and probe.lrs == (1.0, 0.002) and probe.batch_sizes == (8,)
+    assert isinstance(probe.batch_sizes[0], int) and probe.gammas == (0.0,) and probe.init_head == "h"
+    assert probe.seeds == 5 and ProbeConfig(preset="study").seeds == 8  # None = the preset's
+    downstream = DownstreamConfig(heads=("mlp",), runs=("clean",))
+    assert downstream.heads == ["mlp"] and downstream.runs == ["clean"]  # lists, as before
+    sweep = SweepConfig(data="x", noise=[{"kind": "uniform", "alphas": [0.1]}], downstream={"seeds": 2})
+    assert sweep.noise[0].alphas == [0.1] and sweep.downstream.seeds == 2
+
+
+def test_check_type_on_collections():
+    assert check_type("x", [1, 2.0], tuple[float, ...]) == (1.0, 2.0)
+    assert check_type("x", (1e3,), list[int]) == [1000]
+    assert check_type("x", [[0.1, 2]], tuple[tuple[float, float], ...]) == ((0.1, 2.0),)
+    assert check_type("x", {"a": Path("p")}, dict[str, str]) == {"a": "p"}
+    assert check_type("x", {"a": [1]}, dict[str, Any]) == {"a": [1]}
+    assert check_type("x", None, tuple[int, ...] | None) is None
+    for value, annotation, message in [
+        ("ab", tuple[str, ...], "x must be a list of str, got 'ab'"),  # not a list of characters
+        ([1, "b"], list[int], "x[1] must be int, got 'b'"),
+        ([[0.1]], tuple[tuple[float, float], ...], "x[0] must be a list of 2 values, got [0.1]"),
+        ({"a": 1}, dict[str, str], "x.a must be str, got 1"),
+        ([1], dict[str, Any], "x must be a table, got [1]"),
+        ({"kind": "uniform"}, DownstreamConfig, "x must be DownstreamConfig, got {'kind': 'uniform'}"),
+    ]:
+        with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
+            check_type("x", value, annotation)
+
+
+def test_probe_help_shows_the_field_docs(monkeypatch, capsys):
+    from noisylm.cli import main as cli_main
+    from noisylm.cli.probe import FIELD_OPTIONS
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        cli_main(["probe", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    docs = {f.name: doc_of(f) for f in dataclasses.fields(ProbeConfig)}
+    assert len(FIELD_OPTIONS) >= 19
+    for dest, (name, _) in FIELD_OPTIONS.items():
+        text = _option_help(lines, f"--{dest.replace('_', '-')}")
+        assert docs[name].replace("`", "") in text, dest
+    assert _option_help(lines, "--threads").endswith("(0 on the command line) (default: 1)")
 
 
 # The checks __post_init__ made by hand before the fields carried them, with their messages.
