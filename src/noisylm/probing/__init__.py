@@ -10,6 +10,7 @@ extraction into a feature cache) → `heads` (linear, MLP) and `lgm` (the Local 
 
 from noisylm.probing.datasets import BUILTIN_DATASETS, LabelledDataset, load_dataset
 from noisylm.probing.features import ExtractConfig, extract, load_backbone, load_features, parse_backbone
+from noisylm.probing.finetuning import finetune as finetune
 from noisylm.probing.heads import LinearHead, MLPHead, make_head
 from noisylm.probing.lgm import LGMLoss, lgm_penalty
 from noisylm.probing.protocol import ProbeConfig, probe
