@@ -786,8 +786,9 @@ def _searched(config: FinetuneConfig) -> bool:
     )
 
 
-def print_notes(summary: dict[str, Any], stream: Any = sys.stdout) -> None:
+def print_notes(summary: dict[str, Any], stream: Any = None) -> None:
     """How the splits of each task were made (a carved dev split, caps), one line each."""
+    stream = stream or sys.stdout
     for task in summary["tasks"]:
         for split, note in task["notes"].items():
             print(f"note: {task['name']}: {split}: {note}", file=stream)

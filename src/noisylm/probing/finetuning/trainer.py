@@ -121,7 +121,7 @@ def train_run(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warm, total_steps))
     pad_id = encoder.tokenizer.pad_token_id
     order_rng = np.random.default_rng(settings.seed)
-    sums = {"loss": 0.0, "task_loss": 0.0, "penalty": 0.0, "lgm": 0.0}
+    sums = {"loss": 0.0, "task_loss": 0.0, "regulariser_penalty": 0.0, "lgm_penalty": 0.0}
     step = 0
     for epoch in range(settings.epochs):
         order = order_rng.permutation(len(train_ids))
@@ -196,7 +196,7 @@ def _step(
     loss = task_loss + settings.lgm_lam * lgm + penalty if settings.lgm else task_loss + penalty
     loss.backward()
     parts = torch.stack([loss, task_loss, penalty, lgm]).detach().tolist()
-    return dict(zip(("loss", "task_loss", "penalty", "lgm"), parts, strict=True))
+    return dict(zip(("loss", "task_loss", "regulariser_penalty", "lgm_penalty"), parts, strict=True))
 
 
 def predict(
