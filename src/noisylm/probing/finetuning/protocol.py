@@ -90,13 +90,13 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # MiniLM on a bundled task on 2 CPU cores in minutes: one fixed setting per row, no search.
     "cpu": Preset(
-        epochs=2,
-        lrs=(1e-4,),
+        epochs=3,
+        lrs=(2e-4,),
         batch_sizes=(16,),
         head_lr=2e-3,
-        max_length=48,
-        max_train=320,
-        max_dev=400,
+        max_length=32,
+        max_train=200,
+        max_dev=300,
         seeds=3,
         l2sp_alphas=(0.01,),
         smart_lambdas=(1.0,),
