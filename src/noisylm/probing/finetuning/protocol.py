@@ -40,7 +40,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ import torch
 from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir, provenance
 from noisylm.errors import NoisyLMError, UsageError
 from noisylm.probing.finetuning.data import METRIC_LABELS, TASK_TYPES, FinetuneTask, load_task
-from noisylm.probing.finetuning.model import POOLINGS, Encoder, load_encoder
+from noisylm.probing.finetuning.model import POOLINGS, Encoder, encoder_layers, load_encoder
 from noisylm.probing.finetuning.regularisers import REGULARISER_LABELS, REGULARISERS
 from noisylm.probing.finetuning.trainer import (
     RunSettings,
@@ -176,7 +176,6 @@ class FinetuneConfig:
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
-    overridden: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -321,6 +320,12 @@ def finetune(
     if len(set(names)) != len(names):
         raise UsageError(f"two datasets have the same task name ({', '.join(names)}); give each task once")
     encoder = load_encoder(backbone, max_length=config.max_length, pooling=config.pooling)
+    if "lnsr" in config.regularisers:
+        depth = len(encoder_layers(encoder.model))
+        if config.lnsr_layer >= depth:
+            raise UsageError(
+                f"lnsr_layer {config.lnsr_layer} does not exist: {encoder.spec} has layers 0..{depth - 1}"
+            )
     device = resolve_device(config.device)
     partial = partial_dir(out_dir)
     if resume and not overwrite and Path(out_dir).exists() and not partial.exists():
@@ -332,6 +337,8 @@ def finetune(
     state = _state(config, device, encoder, tasks)
     finished = claim_partial(partial, state, resume=resume, overwrite=overwrite)
 
+    if config.progress:  # before the wait: a carved dev split, caps
+        print_notes({"tasks": [t.describe() for t in tasks]}, sys.stderr)
     started = time.perf_counter()
     session = _Session(finished, partial / "results.jsonl")
     try:

@@ -123,7 +123,7 @@ def train_run(
     order_rng = np.random.default_rng(settings.seed)
     sums = {"loss": 0.0, "task_loss": 0.0, "regulariser_penalty": 0.0, "lgm_penalty": 0.0}
     step = 0
-    for epoch in range(settings.epochs):
+    for _ in range(settings.epochs):
         order = order_rng.permutation(len(train_ids))
         sums = dict.fromkeys(sums, 0.0)
         batches = 0
@@ -157,7 +157,6 @@ def train_run(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", refresh=False)
-        del epoch
     predictions = predict(model, evaluation.ids, device, pad_id)
     record = {
         **{k: round(v / max(batches, 1), 6) for k, v in sums.items()},
