@@ -313,7 +313,7 @@ def test_finetuned_minilm_beats_the_frozen_feature_linear_probe(minilm_backbone)
     from noisylm.probing.finetuning.model import load_encoder
 
     task = load_task("wordnet-pairs", max_train=FT_TRAIN, max_dev=FT_DEV)
-    encoder = load_encoder(minilm_backbone, max_length=32)
+    encoder = load_encoder(minilm_backbone, max_length=24)
     train, dev = tokenize(encoder, task, task.splits["train"]), tokenize(encoder, task, task.splits["dev"])
     pristine = [p.detach().clone() for p in encoder.model.parameters()]
 

@@ -10,7 +10,7 @@ from noisylm.cli import HelpFormatter
 EPILOG = """\
 presets (every value can be overridden by the options below):
   cpu              MiniLM-sized, minutes on 2 CPU cores: 3 epochs, lr 2e-4 (head 2e-3), batch 16,
-                   max length 32, 200 training examples (180 train + 20 selection), 300 dev, 3 seeds;
+                   max length 24, 200 training examples (180 train + 20 selection), 200 dev, 3 seeds;
                    one fixed setting per row (alpha 0.01, lambda_s 1, LNSR lambda 1, L_gm lambda 0.15,
                    gamma 0.01): no search
   glue-bert-large  the paper's setting for a GPU (BERT-Large on GLUE's RTE, MRPC, CoLA, STS-B): 3 epochs,
