@@ -7,8 +7,8 @@ reading, verification) → `noise` (the samplers: uniform, boosted, gaussian, hi
 priors, Fig. 8; the counts are `ShardSet.token_counts`, the entropy `entropy_nats`).
 """
 
-# Eager on purpose: a lazy __getattr__ would be shadowed by the submodule of the same name
-# (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
+# Eager on purpose: with a lazy __getattr__, importing a submodule would set the package attribute of
+# that name first. Modules are also named unlike the functions they export (`preparation` -> `prepare`).
 
 from noisylm.data.corpora import BUNDLED, bundled_corpora, bundled_corpus, iter_documents
 from noisylm.data.injection import InjectConfig, inject

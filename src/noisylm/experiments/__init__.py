@@ -7,8 +7,8 @@ one reader of a sweep directory) → `comparison` (each run against the clean ru
 (`report`: the paper's figures and tables) → `index_page` (`write_index`: ``report/index.html``).
 """
 
-# Eager on purpose: a lazy __getattr__ would be shadowed by the submodule of the same name
-# (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
+# Eager on purpose: with a lazy __getattr__, importing a submodule would set the package attribute of
+# that name first. Modules are also named unlike the functions they export (`preparation` -> `prepare`).
 
 from noisylm.experiments.comparison import RunCurves, sweep_curves
 from noisylm.experiments.config import SWEEP_PRESETS, NoiseSpec, SweepConfig, load_sweep_config

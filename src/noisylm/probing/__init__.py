@@ -5,8 +5,8 @@ extraction into a feature cache) → `heads` (linear, MLP) and `lgm` (the Local 
 `protocol` (`probe`: the paper's probing protocol and its tables).
 """
 
-# Eager on purpose: a lazy __getattr__ would be shadowed by the submodule of the same name
-# (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
+# Eager on purpose: with a lazy __getattr__, importing a submodule would set the package attribute of
+# that name first. Modules are also named unlike the functions they export (`preparation` -> `prepare`).
 
 from noisylm.probing.datasets import BUILTIN_DATASETS, LabelledDataset, load_dataset
 from noisylm.probing.features import (
@@ -17,6 +17,7 @@ from noisylm.probing.features import (
     parse_backbone,
     register_backbone,
 )
+from noisylm.probing.finetuning import finetune
 from noisylm.probing.heads import LinearHead, MLPHead, make_head
 from noisylm.probing.lgm import LGMLoss, lgm_penalty
 from noisylm.probing.protocol import ProbeConfig, probe
@@ -38,4 +39,5 @@ __all__ = [
     "lgm_penalty",
     "ProbeConfig",
     "probe",
+    "finetune",
 ]

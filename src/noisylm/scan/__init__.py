@@ -7,8 +7,8 @@ unigram) / `model_detector` (a checkpoint's per-token loss) → `truth` (against
 report). The validation grid on known truth is benchmarks/validate_scan.py.
 """
 
-# Eager on purpose: a lazy __getattr__ would be shadowed by the submodule of the same name
-# (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
+# Eager on purpose: with a lazy __getattr__, importing a submodule would set the package attribute of
+# that name first. Modules are also named unlike the functions they export (`preparation` -> `prepare`).
 
 from noisylm.scan.bigram import BigramModel, fit_bigram
 from noisylm.scan.config import DETECTORS, ScanConfig

@@ -6,8 +6,8 @@ predicted vs measured) and `lemma1` (Lemma 1 on the real mixed shards) → `figu
 `section` (tables, the report section, the `theory` entry point).
 """
 
-# Eager on purpose: a lazy __getattr__ would be shadowed by the submodule of the same name
-# (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
+# Eager on purpose: with a lazy __getattr__, importing a submodule would set the package attribute of
+# that name first. Modules are also named unlike the functions they export (`preparation` -> `prepare`).
 
 from noisylm.theory.config import TheoryConfig
 from noisylm.theory.formulas import (

@@ -7,8 +7,8 @@ Small components, each in its own module: `config` (the dataclass, TOML/YAML/JSO
 `sampling` (`sample`: text from a checkpoint) and `export` (a Hugging Face GPT-2 folder).
 """
 
-# Eager on purpose: a lazy __getattr__ would be shadowed by the submodule of the same name
-# (`noisylm.data.preparation` the function, not the module) once that submodule is imported.
+# Eager on purpose: with a lazy __getattr__, importing a submodule would set the package attribute of
+# that name first. Modules are also named unlike the functions they export (`preparation` -> `prepare`).
 
 from noisylm.training.config import TrainConfig, load_config, parse_overrides
 from noisylm.training.evaluate import (
