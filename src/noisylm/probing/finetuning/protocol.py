@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir, provenance
-from noisylm.errors import NoisyLMError, UsageError
+from noisylm.errors import UsageError
 from noisylm.probing.finetuning.data import METRIC_LABELS, TASK_TYPES, FinetuneTask, load_task
 from noisylm.probing.finetuning.model import POOLINGS, Encoder, encoder_layers, load_encoder
 from noisylm.probing.finetuning.regularisers import REGULARISER_LABELS, REGULARISERS
@@ -59,7 +59,7 @@ from noisylm.probing.finetuning.trainer import (
     tokenize,
     train_run,
 )
-from noisylm.probing.protocol.resume import claim_partial, partial_dir
+from noisylm.probing.protocol.resume import check_resumable, claim_partial, partial_dir
 from noisylm.runtime import resolve_device, torch_threads
 
 PARTIAL_FORMAT = "noisylm-finetune-partial/1"
@@ -328,11 +328,7 @@ def finetune(
             )
     device = resolve_device(config.device)
     partial = partial_dir(out_dir)
-    if resume and not overwrite and Path(out_dir).exists() and not partial.exists():
-        raise NoisyLMError(
-            f"output {out_dir} already exists and holds no interrupted fine-tuning ({partial} is absent), "
-            "so there is nothing to resume; pass --overwrite to run it again"
-        )
+    check_resumable(out_dir, partial, resume=resume, overwrite=overwrite, what="fine-tuning")
     out = check_output_dir(out_dir, overwrite)
     state = _state(config, device, encoder, tasks)
     finished = claim_partial(partial, state, resume=resume, overwrite=overwrite)

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from noisylm.artifacts import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir, provenance
-from noisylm.errors import NoisyLMError, UsageError
+from noisylm.errors import UsageError
 from noisylm.probing.protocol.baseline import LogRegSpec
 from noisylm.probing.protocol.config import ProbeConfig
 from noisylm.probing.protocol.data import FeatureViews, ProbeData, load_probe_data
 from noisylm.probing.protocol.figures import feature_noise_figure, figure6
 from noisylm.probing.protocol.paired import paired_difference, t_interval
-from noisylm.probing.protocol.resume import claim_partial, partial_dir, probe_state, spec_key
+from noisylm.probing.protocol.resume import check_resumable, claim_partial, partial_dir, probe_state, spec_key
 from noisylm.probing.protocol.tables import feature_noise_curves, write_tables
 from noisylm.probing.protocol.training import RunSpec, Task, load_init_head, run_ids
 from noisylm.probing.protocol.workers import InProcess, WorkerPool
@@ -60,11 +60,7 @@ def probe(
         init_state, init_sha256 = load_init_head(config.init_head, config.heads[0], datasets)
     device = resolve_device(config.device)
     partial = partial_dir(out_dir)
-    if resume and not overwrite and Path(out_dir).exists() and not partial.exists():
-        raise NoisyLMError(
-            f"output {out_dir} already exists and holds no interrupted probe ({partial} is absent), so "
-            "there is nothing to resume; pass --overwrite to run it again"
-        )
+    check_resumable(out_dir, partial, resume=resume, overwrite=overwrite, what="probe")
     out = check_output_dir(out_dir, overwrite)
     state = probe_state(config, device, datasets, init_sha256)
     finished = claim_partial(partial, state, resume=resume, overwrite=overwrite)

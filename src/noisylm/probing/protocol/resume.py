@@ -68,6 +68,16 @@ def probe_state(
     }
 
 
+def check_resumable(out_dir: str | Path, partial: Path, *, resume: bool, overwrite: bool, what: str) -> None:
+    """Refuse ``--resume`` when ``out_dir`` is a finished result (no ``partial`` beside it): there is
+    nothing to resume. ``what`` names the job in the message ("probe", "fine-tuning")."""
+    if resume and not overwrite and Path(out_dir).exists() and not partial.exists():
+        raise NoisyLMError(
+            f"output {out_dir} already exists and holds no interrupted {what} ({partial} is absent), so "
+            "there is nothing to resume; pass --overwrite to run it again"
+        )
+
+
 def claim_partial(partial: Path, state: dict[str, Any], *, resume: bool, overwrite: bool) -> list[dict]:
     """Start ``partial`` afresh, or (``resume``) check it against ``state`` and return its finished runs."""
     if partial.exists() and not partial.is_dir():
