@@ -7,6 +7,7 @@ Data flow (each arrow is one CLI subcommand and one public function); each stage
                                                               └──theory──▶ predicted vs measured (theory/)
     shards ──scan──▶ noise spans, Prop. 1 price, filtered shards (scan/)
     labelled data ──extract──▶ feature cache ──probe (CE | CE+LGM)──▶ tables (probing/)
+    labelled text ──finetune (L2-SP | SMART | LNSR, ± LGM)──▶ Table 4 (probing/finetuning/)
 
 `runtime` (device, dtype, threads, processes), `artifacts` (atomic outputs, provenance), `plotting` and
 `errors` are shared by every stage; `cli/` is the thin command line, `demo` is `make demo`.

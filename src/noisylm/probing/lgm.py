@@ -27,7 +27,8 @@ The gradient of L_gm flows through both gradient terms. Ways to compute it:
 Variants (Table 5 and baselines): ``lgm``; ``norm`` = ‖mean ∇θ ℓ(g(t), y)‖₂ only; ``cosine`` =
 1 − cos(mean ∇θ ℓ(g(t)), mean ∇θ ℓ(g(t̂))); ``l2-output`` = mean_i ‖g(t_i) − g(t̂_i)‖₂ (the
 conventional regulariser); ``none`` (plain CE). `LGMLoss` adds optional L2-SP anchoring
-(α/2)‖θ − θ₀‖² for heads initialised from given weights (Table 4).
+(α/2)‖θ − θ₀‖² for heads initialised from given weights (a head-only analogue of L2-SP; Table 4 proper,
+which anchors the backbone, is `noisylm finetune`).
 
 Usage, two lines in a plain loop::
 

@@ -17,7 +17,7 @@ cache as it is), head (`linear`, `mlp`) and loss (`ce`, `lgm`, and the ablations
 
 Optional: the γ, λ sensitivity grid of Table 6, the input-sensitivity plot of Figure 6, L2-SP
 anchoring (α/2)‖θ − θ₀‖² to the head's initial weights (``anchor_weight``) and initial head weights
-from a file (``init_head``; Table 4's setting).
+from a file (``init_head``; the backbone-anchoring L2-SP of Table 4 is `noisylm finetune`).
 
     out_dir/
       probe.json        resolved config, the caches probed, provenance
