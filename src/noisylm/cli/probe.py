@@ -49,7 +49,8 @@ parallel runs: --jobs N trains up to N runs of each phase at once (all selection
   with --threads threads that loads every cache once. The numbers, tables and results.jsonl equal
   those of --jobs 1 (but for the seconds fields).
 
-Head anchoring (L2-SP on the head only; Table 4 proper is `noisylm finetune`): --anchor-weight A adds (A/2)||theta - theta_0||^2 to every loss (ce included),
+Head anchoring (L2-SP on the head only; Table 4 proper is `noisylm finetune`): --anchor-weight A
+  adds (A/2)||theta - theta_0||^2 to every loss (ce included),
   theta_0 = the head's initial weights: its seeded random init, or --init-head FILE.safetensors (a
   state_dict saved with safetensors.torch.save_file; keys weight, bias for linear heads and
   fc1.weight, fc1.bias, fc2.weight, fc2.bias for mlp heads; one head kind per file).
