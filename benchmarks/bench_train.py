@@ -17,53 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from harness import nanogpt_train, noisylm_train, prepare_data, subprocess_env
+
 COMMON = dict(n_layer=4, n_head=4, n_embd=256, block_size=256, batch_size=8)
 
 
-def prepare_data(work: Path, max_plays: int) -> Path:
-    from noisylm.data.corpora import bundled_corpora
-    from noisylm.data.preparation import prepare
-
-    plays = sorted(bundled_corpora()["shakespeare"].iterdir())[:max_plays]
-    out = work / "shards"
-    prepare(plays, out, tokenizer="gpt2", val_fraction=0.2, seed=0, progress=False)
-    nano = work / "nanogpt" / "data" / "bench"  # nanoGPT reads data/<dataset>/{train,val}.bin
-    nano.mkdir(parents=True)
-    for split in ("train", "val"):
-        shutil.copy(out / f"{split}.bin", nano / f"{split}.bin")
-    return out
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, int]:
-    """Run ``cmd``; return its output and its peak RSS in bytes (Linux: ru_maxrss in KiB)."""
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{output[-3000:]}")
-    return output, usage.ru_maxrss * 1024
-
-
 def bench_nanogpt(nanogpt_dir: Path, work: Path, iters: int, env: dict[str, str]) -> dict:
-    cwd = work / "nanogpt"
-    shutil.copy(nanogpt_dir / "configurator.py", cwd / "configurator.py")  # train.py exec()s it from cwd
-    args = {
+    settings = {
         **COMMON,
-        "dataset": "bench",
-        "out_dir": str(cwd / "out"),
         "device": "cpu",
         "compile": False,
         "dtype": "float32",
@@ -80,12 +47,8 @@ def bench_nanogpt(nanogpt_dir: Path, work: Path, iters: int, env: dict[str, str]
         "bias": True,
         "dropout": 0.0,
     }
-    cmd = [sys.executable, str(nanogpt_dir / "train.py")] + [f"--{k}={v}" for k, v in args.items()]
-    output, rss = run(cmd, cwd, env)
-    pattern = re.compile(r"iter (\d+): loss ([\d.]+), time ([\d.]+)ms")
-    rows = [(int(i), float(loss), float(ms) / 1000) for i, loss, ms in pattern.findall(output)]
     tokens = COMMON["batch_size"] * COMMON["block_size"]
-    return {"losses": [r[1] for r in rows], "tokens_per_s": [tokens / r[2] for r in rows], "rss": rss}
+    return nanogpt_train(nanogpt_dir, work, settings, tokens, env)
 
 
 VARIANTS = {  # noisylm settings to try; the fastest is reported as its best CPU setting
@@ -99,7 +62,6 @@ def bench_noisylm(data: Path, work: Path, iters: int, variant: dict, env: dict[s
     out = work / f"run-{tag}"
     args = {
         **COMMON,
-        "data": str(data),
         "model": "small",
         "bias": "true",
         "dropout": 0.0,
@@ -119,16 +81,7 @@ def bench_noisylm(data: Path, work: Path, iters: int, variant: dict, env: dict[s
         "device": "cpu",
         **variant,
     }
-    cmd = [sys.executable, "-m", "noisylm", "train", "--out", str(out), "--overwrite"]
-    cmd += [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
-    _, rss = run(cmd, work, env)
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    train_lines = [m for m in lines if "train_loss" in m]
-    return {
-        "losses": [m["train_loss"] for m in train_lines],
-        "tokens_per_s": [m["tokens_per_s"] for m in train_lines],
-        "rss": rss,
-    }
+    return noisylm_train(data, out, args, env)
 
 
 def main() -> None:
@@ -154,7 +107,7 @@ def main() -> None:
             f"{args.nanogpt_dir} has no train.py; pass --nanogpt-dir pointing to a nanoGPT clone"
         )
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = subprocess_env()
     results: dict[str, list[dict]] = {"nanoGPT fp32": [], **{f"noisylm {v}": [] for v in args.variants}}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
