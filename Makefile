@@ -32,13 +32,18 @@ lint: $(STAMP)
 
 # Every benchmark; each compares against its reference in the same run and prints a table.
 # bench_train needs a local nanoGPT clone: make bench NANOGPT_DIR=/path/to/nanoGPT
+# bench_gpu needs one CUDA GPU and the same clone; it runs only when asked:
+#   make bench BENCH_GPU=1 NANOGPT_DIR=/path/to/nanoGPT   (table and JSON in $(BENCH_GPU_OUT))
 NANOGPT_DIR ?= ../nanoGPT
+BENCH_GPU ?=
+BENCH_GPU_OUT ?= bench_gpu_out
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py --nanogpt-dir $(NANOGPT_DIR)
 	$(BIN)/python benchmarks/bench_scan.py
 	$(BIN)/python benchmarks/bench_lgm.py
 	$(BIN)/python benchmarks/bench_features.py
+	$(if $(BENCH_GPU),$(BIN)/python benchmarks/bench_gpu.py --nanogpt-dir $(NANOGPT_DIR) --out $(BENCH_GPU_OUT))
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
