@@ -33,16 +33,14 @@ RUNS = ["clean", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.2"]  # the grid o
 
 
 def test_presets_load_with_the_papers_grid():
+    points = ["clean", "uniform-a0.01", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.05"]
     for name in SWEEP_PRESETS:
         config = load_sweep_config(name)
-        assert [r.name for r in config.grid()] == [
-            "clean",
-            "uniform-a0.01",
-            "uniform-a0.05",
-            "uniform-a0.2",
-            "gaussian-a0.05",
-        ]
+        replicas = [""] + [f"-r{r}" for r in range(1, config.replicates)]
+        assert [r.name for r in config.grid()] == [p + suffix for suffix in replicas for p in points]
         assert config.grid()[0].kind is None and config.grid()[0].alpha == 0.0
+    bpe = load_sweep_config("demo-bpe")  # the measured paper regime at demo scale: 3 paired replicates
+    assert (bpe.tokenizer, bpe.replicates, bpe.train["batch_size"]) == ("bpe:2048", 3, 64)
     demo = load_sweep_config("demo")
     assert demo.tokenizer == "bytes" and demo.data == "shakespeare" and "python-docs" in demo.domains
     paper = load_sweep_config("paper-124m")
