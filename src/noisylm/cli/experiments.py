@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  noisylm sweep my_sweep.toml --out sweeps/mine --set train.max_iters=2000",
         formatter_class=HelpFormatter,
     )
-    sweep.add_argument("config", help="a preset (demo, demo-bpe, paper-124m, paper-774m) or a .toml/.yaml/.json file")
+    sweep.add_argument(
+        "config", help="a preset (demo, demo-bpe, paper-124m, paper-774m) or a .toml/.yaml/.json file"
+    )
     sweep.add_argument("--out", required=True, help="sweep directory (created, or resumed if it exists)")
     sweep.add_argument(
         "--set",
