@@ -68,3 +68,17 @@ def test_load_sweep_errors(tmp_path):
         load_sweep(_sweep(tmp_path / "b", runs))
     with pytest.raises(NoisyLMError, match="no noisy run .* has a checkpoint"):
         load_sweep(_sweep(tmp_path / "c", runs, checkpoints={"clean": [10]}))
+
+
+def test_load_sweep_keeps_replicate_0_whose_clean_run_is_h_star(tmp_path):
+    """With replicates, Prop. 1's h* (the clean run of seed s) pairs with the noisy runs of seed s:
+    theory reads replicate 0, not the other replicates' runs as extra noisy runs."""
+    runs = [
+        _entry("clean", None, 0.0),
+        _entry("u", "uniform", 0.2),
+        {**_entry("clean-r1", None, 0.0), "replicate": 1},
+        {**_entry("u-r1", "uniform", 0.2), "replicate": 1},
+    ]
+    ckpts = {name: [10] for name in ("clean", "u", "clean-r1", "u-r1")}
+    _, clean, noisy = load_sweep(_sweep(tmp_path / "s", runs, checkpoints=ckpts))
+    assert clean.name == "clean" and [r.name for r in noisy] == ["u"]

@@ -32,12 +32,14 @@ def _checkpoints(run_dir: Path) -> dict[int, Path]:
 
 def load_sweep(sweep_dir: Path) -> tuple[dict[str, Any], RunInfo, list[RunInfo]]:
     """``sweep.json``, the clean run and the noisy runs that have at least one checkpoint (read through
-    `experiments.rundir.SweepDir`, the one reader of a sweep directory)."""
+    `experiments.rundir.SweepDir`, the one reader of a sweep directory); replicate 0 only."""
     from noisylm.experiments.rundir import SweepDir
 
     sweep = SweepDir.open(sweep_dir)
     runs = []
-    for run in sweep:
+    # Prop. 1 compares each noisy run with h*, the clean run trained with the same seed: with
+    # replicates, that is replicate 0's pairs (the others have their own clean run).
+    for run in (r for r in sweep if r.replicate == 0):
         achieved = run.alpha_achieved if run.kind is not None else None
         alpha = float(achieved if achieved is not None else run.alpha)
         runs.append(
