@@ -9,6 +9,7 @@ every ``interval_s`` seconds while it moves.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import threading
@@ -44,12 +45,41 @@ class RunProgress:
         return max(self.total - self.iter, 0) * self.tokens_per_iter / self.tokens_per_s
 
 
+TAIL_BYTES = 1 << 16  # a poll reads this much of the end of metrics.jsonl, not the whole file
+
+
+def _last_train_line(run_dir: Path) -> dict[str, Any] | None:
+    """The last train line of ``run_dir/metrics.jsonl``, read from the file's end: polled every few
+    seconds for every running run, it must not re-parse a paper-length run's whole log each time."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, 2)
+            fh.seek(max(size - TAIL_BYTES, 0))
+            tail = fh.read()
+    except FileNotFoundError:
+        return None
+    lines = tail.split(b"\n")
+    if size > TAIL_BYTES:
+        lines = lines[1:]  # the first line of the tail may be cut
+    for raw in reversed(lines):
+        try:
+            record = json.loads(raw)
+        except ValueError:  # empty, or a torn last line of a run being written
+            continue
+        if isinstance(record, dict) and "train_loss" in record:
+            return record
+    if size > TAIL_BYTES:  # only eval lines at the end: fall back to the whole file
+        lines_all = [m for m in read_run_metrics(run_dir) if "train_loss" in m]
+        return lines_all[-1] if lines_all else None
+    return None
+
+
 def read_progress(name: str, run_dir: Path, total: int) -> RunProgress:
     """A run's progress now (iteration 0 before its first train line)."""
-    lines = [m for m in read_run_metrics(run_dir) if "train_loss" in m]
-    if not lines:
+    last = _last_train_line(run_dir)
+    if last is None:
         return RunProgress(name, 0, total, None, None, None)
-    last = lines[-1]
     it = int(last["iter"])
     return RunProgress(
         name,
