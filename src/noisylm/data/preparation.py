@@ -299,6 +299,22 @@ def _mp_context():
     return multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
 
 
+_WORKER_SPEC: str | None = None  # set once per worker process by `_start_worker`
+
+
+def _start_worker(parent_pid: int, spec: str) -> None:
+    """Tokenizer worker initializer: receive the tokenizer once (a trained BPE's JSON is ~100 KB, too
+    much to send with every batch) and die with `prepare`."""
+    global _WORKER_SPEC
+    _WORKER_SPEC = spec
+    _exit_with_parent(parent_pid)
+
+
+def _encode_in_worker(batch: list[tuple[str, bool, bool]]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    assert _WORKER_SPEC is not None, "tokenizer worker started without _start_worker"
+    return _encode_batch(_WORKER_SPEC, batch)
+
+
 def _exit_with_parent(parent_pid: int) -> None:
     """Tokenizer worker initializer: die with `prepare`. A parent killed outright (SIGKILL) cannot shut
     its pool down, and its workers would sleep on their task queue forever."""
@@ -355,11 +371,11 @@ def _tokenize_into(
         with ProcessPoolExecutor(
             max_workers=cfg.num_proc,
             mp_context=_mp_context(),
-            initializer=_exit_with_parent,
-            initargs=(os.getpid(),),
+            initializer=_start_worker,
+            initargs=(os.getpid(), spec),
         ) as pool:
             for batch, chars in batches:
-                in_flight.append((pool.submit(_encode_batch, spec, batch), chars))
+                in_flight.append((pool.submit(_encode_in_worker, batch), chars))
                 if len(in_flight) >= 2 * cfg.num_proc + 2:
                     future, n = in_flight.popleft()
                     write(future.result(), n)
