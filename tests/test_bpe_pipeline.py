@@ -127,3 +127,12 @@ def test_bad_tokenizer_names_and_missing_files(tmp_path, bpe_shards):
     (broken / "tokenizer.json").unlink()
     with pytest.raises(NoisyLMError, match="tokenizer.json"):
         ShardSet.open(broken).load_tokenizer()
+
+
+def test_two_tokenizer_processes_write_the_same_shards(bpe_shards, tmp_path):
+    """Workers receive the trained BPE once, through the pool initializer: same ids as one process."""
+    two = prepare(
+        _plays(), tmp_path / "two", tokenizer="bpe:400", val_fraction=0.34, num_proc=2, progress=False
+    )
+    for name in ("train.bin", "val.bin", "tokenizer.json"):
+        assert (two.path / name).read_bytes() == (bpe_shards / name).read_bytes()
