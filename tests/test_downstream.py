@@ -75,7 +75,7 @@ def _final_accuracies(probe_dir: Path) -> dict[tuple[str, str], dict[int, float]
     for line in (probe_dir / "results.jsonl").read_text().splitlines():
         record = json.loads(line)
         if record["phase"] == "final":
-            cells.setdefault((record["head"], record["loss"]), {})[record["seed"]] = record["test_acc"]
+            cells.setdefault((record["head"], record["loss"]), {})[record["seed"]] = 100 * record["test_acc"]
     return cells
 
 
@@ -106,13 +106,24 @@ def test_paired_accuracy_differences(probed_sweep):
     out, result = probed_sweep
     clean = _final_accuracies(out / "downstream" / "probe" / "clean")
     noisy = _final_accuracies(out / "downstream" / "probe" / "uniform-a0.2")
-    rows = {(r["head"], r["loss"]): r for r in result["differences"]}
+    rows = {(r["head"], r["loss"]): r for r in result["differences"] if r["comparison"].endswith("vs clean")}
     assert set(rows) == {(h, loss) for h in ("linear", "mlp") for loss in ("ce", "lgm")}
     for (head, loss), row in rows.items():
         diffs = [noisy[head, loss][s] - clean[head, loss][s] for s in (0, 1)]
         assert row["pairs"] == 2 and row["mean"] == pytest.approx(np.mean(diffs))
         if np.std(diffs) > 0:
             assert row["low"] < row["mean"] < row["high"]
+
+
+def test_lgm_minus_ce_paired_by_seed(probed_sweep):
+    out, result = probed_sweep
+    rows = {(r["comparison"], r["head"]): r for r in result["differences"] if "vs ce" in r["comparison"]}
+    assert set(rows) == {(f"{p}: lgm vs ce", h) for p in ("clean", "uniform-a0.2") for h in ("linear", "mlp")}
+    for (comparison, head), row in rows.items():
+        run = comparison.split(":")[0]
+        accuracies = _final_accuracies(out / "downstream" / "probe" / run)
+        diffs = [accuracies[head, "lgm"][s] - accuracies[head, "ce"][s] for s in (0, 1)]
+        assert row["pairs"] == 2 and row["mean"] == pytest.approx(np.mean(diffs))
 
 
 def test_report_section_says_the_passages_were_trained_on(probed_sweep, tmp_path):

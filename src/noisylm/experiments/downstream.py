@@ -10,8 +10,8 @@ at one fixed recipe with a few seeds (`noisylm.probing.probe`), then writes
       probe/<run>/        each run's probe (results.jsonl has every seed's test accuracy)
       table1.md/.csv      rows: clean, each noisy grid point, each also + L_gm; columns: task x head;
                           test accuracy mean ± std over seeds (and replicates)
-      differences.md/.csv each noisy run's accuracy minus the clean run's, paired by replicate and
-                          probe seed, with its 95% t interval
+      differences.md/.csv each noisy run's accuracy minus the clean run's, and CE + L_gm minus CE,
+                          paired by replicate and probe seed, with the 95% t interval
       downstream.json     all of it, the config and provenance (`noisylm report` draws its section)
 """
 
@@ -137,7 +137,8 @@ def _run_stamp(run: SweepRun) -> str:
 
 
 def _probe(cache: Path, out: Path, config: DownstreamConfig) -> dict[tuple[str, str], dict[int, float]]:
-    """Probe one cache at the fixed recipe; (head, loss) -> seed -> test accuracy (%)."""
+    """Probe one cache at the fixed recipe; (head, loss) -> seed -> test accuracy in percent (the
+    probe's results.jsonl holds fractions)."""
     from noisylm.probing.protocol import ProbeConfig, probe
 
     probe_config = ProbeConfig(
@@ -151,6 +152,7 @@ def _probe(cache: Path, out: Path, config: DownstreamConfig) -> dict[tuple[str, 
         lams=(config.lam,),
         seeds=config.seeds,
         figure6=False,
+        logreg=False,  # Table 1 compares probes; the reference fit would double the stage's time
         device=config.device,
         progress=False,
     )
@@ -158,7 +160,7 @@ def _probe(cache: Path, out: Path, config: DownstreamConfig) -> dict[tuple[str, 
     cells: dict[tuple[str, str], dict[int, float]] = {}
     for record in read_jsonl(out / "results.jsonl"):
         if record.get("phase") == "final":
-            cells.setdefault((record["head"], record["loss"]), {})[int(record["seed"])] = float(
+            cells.setdefault((record["head"], record["loss"]), {})[int(record["seed"])] = 100.0 * float(
                 record["test_acc"]
             )
     return cells
@@ -203,8 +205,8 @@ def accuracy_differences(
     config: DownstreamConfig,
 ) -> list[dict[str, Any]]:
     """Each noisy run's test accuracy minus its replicate's clean run's, paired by probe seed (points
-    are percentage points), per head and loss, with the 95% t interval over the (replicate, seed)
-    pairs."""
+    are percentage points), per head and loss; then each penalised loss minus CE on every grid point's
+    features; each with the 95% t interval over the (replicate, seed) pairs."""
     rows = []
     probed = {r.name: r for r in runs}
     for point in sweep.points:
@@ -220,20 +222,35 @@ def accuracy_differences(
                     theirs = accuracies[clean.name].get((head, loss), {})
                     diffs += [mine[s] - theirs[s] for s in sorted(set(mine) & set(theirs))]
                 if diffs:
-                    stat = paired_interval(diffs)
-                    rows.append(
-                        {
-                            "comparison": f"{point} vs clean",
-                            "head": head,
-                            "loss": loss,
-                            "pairs": stat.n,
-                            "mean": stat.mean,
-                            "low": stat.low,
-                            "high": stat.high,
-                            "within_noise": stat.within_noise,
-                        }
-                    )
+                    rows.append(_difference_row(f"{point} vs clean", head, loss, diffs))
+    # The paper's other comparison: each penalised loss against CE on the same features, paired by
+    # replicate and probe seed (seed s of both starts from the same head and sees the same batches).
+    for point in sweep.points:
+        members = [r for r in sweep.replicate_runs(point) if r.name in probed]
+        for head in config.heads:
+            for loss in [name for name in config.losses if name != "ce"]:
+                diffs = []
+                for run in members:
+                    mine = accuracies[run.name].get((head, loss), {})
+                    ce = accuracies[run.name].get((head, "ce"), {})
+                    diffs += [mine[s] - ce[s] for s in sorted(set(mine) & set(ce))]
+                if diffs:
+                    rows.append(_difference_row(f"{point}: {loss} vs ce", head, loss, diffs))
     return rows
+
+
+def _difference_row(comparison: str, head: str, loss: str, diffs: list[float]) -> dict[str, Any]:
+    stat = paired_interval(diffs)
+    return {
+        "comparison": comparison,
+        "head": head,
+        "loss": loss,
+        "pairs": stat.n,
+        "mean": stat.mean,
+        "low": stat.low,
+        "high": stat.high,
+        "within_noise": stat.within_noise,
+    }
 
 
 def _mean_std(values: list[float]) -> dict[str, float | int] | None:
@@ -291,8 +308,9 @@ def _write_tables(out: Path, result: dict[str, Any]) -> None:
     atomic_write_text(out / "table1.md", caption + "\n\n" + "\n".join(table1_markdown(result)) + "\n")
     atomic_write_text(
         out / "differences.md",
-        "Accuracy of each noisy run minus the clean run of its replicate (percentage points), paired by "
-        "probe seed, with the 95% t interval.\n\n" + "\n".join(differences_markdown(result)) + "\n",
+        "Accuracy of each noisy run minus the clean run of its replicate, then of CE + L_gm minus CE on "
+        "each run's features (percentage points), paired by replicate and probe seed, with the 95% t "
+        "interval.\n\n" + "\n".join(differences_markdown(result)) + "\n",
     )
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
