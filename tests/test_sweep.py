@@ -39,10 +39,11 @@ def test_presets_load_with_the_papers_grid():
         replicas = [""] + [f"-r{r}" for r in range(1, config.replicates)]
         assert [r.name for r in config.grid()] == [p + suffix for suffix in replicas for p in points]
         assert config.grid()[0].kind is None and config.grid()[0].alpha == 0.0
-    bpe = load_sweep_config("demo-bpe")  # the measured paper regime at demo scale: 3 paired replicates
-    assert (bpe.tokenizer, bpe.replicates, bpe.train["batch_size"]) == ("bpe:2048", 3, 64)
-    demo = load_sweep_config("demo")
-    assert demo.tokenizer == "bytes" and demo.data == "shakespeare" and "python-docs" in demo.domains
+    demo = load_sweep_config("demo")  # the measured paper regime at demo scale: 3 paired replicates
+    assert (demo.tokenizer, demo.replicates, demo.train["batch_size"]) == ("bpe:2048", 3, 128)
+    assert demo.data == "shakespeare" and "python-docs" in demo.domains and demo.downstream is not None
+    assert demo.train["dtype"] == "float32"  # pinned: speed work on "auto" cannot move its numbers
+    assert load_sweep_config("demo-bytes").tokenizer == "bytes"
     paper = load_sweep_config("paper-124m")
     # App. D.2: 16 x 40 x 1024 tokens per iteration, 300k iterations, lr 6e-4 -> 6e-5.
     t = paper.train
@@ -57,7 +58,7 @@ def test_presets_load_with_the_papers_grid():
 
 def test_overrides_parse_toml_values_and_dotted_keys(tmp_path):
     config = load_sweep_config(
-        "demo", ["train.max_iters=7", "data=/some/shards", "domains.wiki=/w", "clean=false", "seed=3"]
+        "demo-bytes", ["train.max_iters=7", "data=/some/shards", "domains.wiki=/w", "clean=false", "seed=3"]
     )
     assert config.train["max_iters"] == 7 and config.data == "/some/shards" and config.seed == 3
     assert config.domains["wiki"] == "/w" and config.clean is False

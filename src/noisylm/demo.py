@@ -2,10 +2,12 @@
 
     python -m noisylm.demo --out demo_out
 
-1. **What** — sweep `demo`: prepare the bundled Shakespeare (training domain) and Python docs (second
-   domain) with the byte tokenizer, inject uniform noise at 1%, 5%, 20% and Gaussian noise at 5%, and
-   pre-train one small GPT per corpus with paired sampling; then `report` draws Figs. 2, 3, 4, 8 and
-   the per-run table into ``OUT/sweep/report/index.html``.
+1. **What** — sweep `demo`: train a BPE of 2,048 ids on the bundled Shakespeare (training domain),
+   encode the Python docs (second domain) with it, inject uniform noise at 1%, 5%, 20% and Gaussian
+   noise at 5%, and pre-train one small GPT per corpus with paired sampling, each as 3 paired
+   replicates (the differences come with 95% intervals); then Table 1 at demo scale (probes on each
+   run's frozen features, which of the 42 texts a passage comes from, CE vs CE + L_gm), and `report`
+   draws Figs. 2, 3, 4, 8, the tables and Table 1 into ``OUT/sweep/report/index.html``.
 2. **Why** — `theory` (when installed): Proposition 1 against the measured runs, into the same report.
 3. Your data — `scan` on the 20% noisy demo corpus: does it find the noise, and what would keeping it cost?
 4. **How** — `probe.demo_probe`: heads on frozen MiniLM features of the WordNet task, CE vs CE + LGM.
@@ -55,7 +57,10 @@ def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bo
     sweep_dir = out / "sweep"
     failures: list[str] = []
 
-    start = _step("What: sweep `demo` (prepare bundled corpora, inject noise, train 5 paired runs)")
+    start = _step(
+        "What: sweep `demo` (prepare the bundled corpora, inject noise, train 5 runs x 3 paired replicates,"
+        " then probe their features: Table 1)"
+    )
     summary = sweep("demo", sweep_dir, overrides=overrides)
     _done(start, f"{sweep_dir / 'summary.md'}")
     if summary["counts"].get("failed"):

@@ -16,7 +16,7 @@ from noisylm.errors import UsageError
 from noisylm.experiments.plan import PlannedRun, run_name
 
 # Sweep presets (noisylm/configs/<name>.toml); not the GPT presets of `noisylm.model.PRESETS`.
-SWEEP_PRESETS = ("demo", "demo-bpe", "paper-124m", "paper-774m")
+SWEEP_PRESETS = ("demo", "demo-bytes", "paper-124m", "paper-774m")
 NOISE_KINDS = ("uniform", "boosted", "gaussian", "mojibake", "histogram", "corpus")
 RESERVED_EVAL_NAMES = ("val", "noise", "train")
 LAUNCHERS = ("inprocess", "torchrun")
