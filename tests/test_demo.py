@@ -31,7 +31,7 @@ def test_demo_runs_the_paper_grid_on_the_bundled_corpora(tmp_path, capsys):
     args = ["--out", str(out), "--no-extras"] + [f"--set={item}" for item in QUICK]
     assert main(args) == 0
     summary = json.loads((out / "sweep" / "summary.json").read_text())
-    points = ["clean", "uniform-a0.01", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.05"]
+    points = ["clean", "uniform-a0.01", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.2"]
     assert [r["name"] for r in summary["runs"]] == points + [p + "-r1" for p in points]
     assert summary["counts"]["finished"] == 10
     assert all(set(r["eval"]) >= {"val", "python-docs"} for r in summary["runs"])
@@ -54,8 +54,8 @@ def test_demo_runs_the_paper_grid_on_the_bundled_corpora(tmp_path, capsys):
         "clean (α = 0) + lgm",
         "uniform α = 0.2",
         "uniform α = 0.2 + lgm",
-        "gaussian α = 0.05",
-        "gaussian α = 0.05 + lgm",
+        "gaussian α = 0.2",
+        "gaussian α = 0.2 + lgm",
     ]
     # Running it again resumes: nothing is retrained.
     metrics = (out / "sweep" / "runs" / "clean" / "metrics.jsonl").read_bytes()

@@ -33,9 +33,10 @@ RUNS = ["clean", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.2"]  # the grid o
 
 
 def test_presets_load_with_the_papers_grid():
-    points = ["clean", "uniform-a0.01", "uniform-a0.05", "uniform-a0.2", "gaussian-a0.05"]
     for name in SWEEP_PRESETS:
         config = load_sweep_config(name)
+        gaussian = "gaussian-a0.2" if name == "demo" else "gaussian-a0.05"  # the demo's: README
+        points = ["clean", "uniform-a0.01", "uniform-a0.05", "uniform-a0.2", gaussian]
         replicas = [""] + [f"-r{r}" for r in range(1, config.replicates)]
         assert [r.name for r in config.grid()] == [p + suffix for suffix in replicas for p in points]
         assert config.grid()[0].kind is None and config.grid()[0].alpha == 0.0
