@@ -136,3 +136,17 @@ def test_report_section_says_the_passages_were_trained_on(probed_sweep, tmp_path
     page = (report(copy) / "index.html").read_text()
     assert "Table 1: noisy pre-training" in page
     assert "texts the models were pre-trained on" in page and "not generalisation" in page
+
+
+def test_two_workers_give_the_same_tables(probed_sweep, tmp_path):
+    import shutil
+
+    from noisylm.experiments.downstream import downstream_stage
+
+    copy = tmp_path / "copy"
+    shutil.copytree(probed_sweep[0], copy)
+    shutil.rmtree(copy / "downstream")  # features and probes made again, two runs at once
+    result = downstream_stage(copy, jobs=2, log=False)
+    assert result["accuracies"] == probed_sweep[1]["accuracies"]
+    assert result["table1"] == probed_sweep[1]["table1"]
+    assert result["differences"] == probed_sweep[1]["differences"]

@@ -97,21 +97,29 @@ def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bo
 
 
 def headline(runs_csv: Path) -> list[str]:
-    """One line per noisy run: the paper's What, in numbers from the report's per-run table."""
+    """One line per noisy grid point: the paper's What, in numbers from the report's per-run table
+    (the mean over the point's replicates; their intervals are in the paired-differences table)."""
     import csv
 
-    lines = []
+    points: dict[tuple[str, str], list[dict[str, str]]] = {}
     for row in csv.DictReader(runs_csv.read_text("utf-8").splitlines()):
-        if row["kind"] == "clean" or not row["rel_increase"]:
-            continue
-        rel, per_alpha = float(row["rel_increase"]), float(row["rel_increase_per_alpha"])
-        line = f"{row['kind']} noise at alpha = {float(row['alpha']):g}: "
-        line += f"clean loss {rel:+.2%} ({per_alpha:.2f} x alpha)"
-        if row["abs_increase_equal_clean_tokens"] and row["clean_val_loss"]:
-            base = float(row["clean_val_loss"]) - float(row["abs_increase"])
-            line += (
-                f"; after the same clean tokens {float(row['abs_increase_equal_clean_tokens']) / base:+.2%}"
-            )
+        if row["kind"] != "clean" and row["rel_increase"]:
+            points.setdefault((row["kind"], row["alpha"]), []).append(row)
+    lines = []
+    for (kind, alpha), rows in points.items():
+        rel = sum(float(r["rel_increase"]) for r in rows) / len(rows)
+        per_alpha = sum(float(r["rel_increase_per_alpha"]) for r in rows) / len(rows)
+        line = f"{kind} noise at alpha = {float(alpha):g}: clean loss {rel:+.2%} ({per_alpha:.2f} x alpha)"
+        same_tokens = [  # relative to the clean run of the same replicate
+            float(r["abs_increase_equal_clean_tokens"])
+            / (float(r["clean_val_loss"]) - float(r["abs_increase"]))
+            for r in rows
+            if r["abs_increase_equal_clean_tokens"] and r["clean_val_loss"]
+        ]
+        if same_tokens:
+            line += f"; after the same clean tokens {sum(same_tokens) / len(same_tokens):+.2%}"
+        if len(rows) > 1:
+            line += f" (mean of {len(rows)} replicates)"
         lines.append(line)
     return lines
 

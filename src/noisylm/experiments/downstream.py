@@ -20,8 +20,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import multiprocessing
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +43,16 @@ TRAINED_ON_NOTE = (
 
 
 def downstream_stage(
-    sweep_dir: str | os.PathLike, config: DownstreamConfig | None = None, *, log: bool = True
+    sweep_dir: str | os.PathLike,
+    config: DownstreamConfig | None = None,
+    *,
+    log: bool = True,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
     """Extract, probe and tabulate every selected finished run of ``sweep_dir``; return (and write to
     ``downstream/downstream.json``) the tables. ``config``: None = the sweep config's ``[downstream]``
-    section (or the defaults when it has none)."""
+    section (or the defaults when it has none). ``jobs``: runs processed at once, each in its own
+    process with one thread; None = the sweep's ``parallel`` (the results do not depend on it)."""
     from noisylm.probing.datasets import load_dataset
 
     sweep = SweepDir.open(sweep_dir)
@@ -61,16 +68,23 @@ def downstream_stage(
     data = load_dataset(
         config.dataset, seed=config.split_seed, max_train=config.max_train, max_test=config.max_test
     )
+    if jobs is None:
+        jobs = int(sweep.config.get("parallel") or 1)
     accuracies: dict[str, dict[tuple[str, str], dict[int, float]]] = {}
-    for index, run in enumerate(runs, 1):
-        if log:
-            print(
-                f"[downstream {index}/{len(runs)}] {run.name}: features and probes",
-                file=sys.stderr,
-                flush=True,
-            )
-        cache = _features(run, data, out / "features" / run.name, config)
-        accuracies[run.name] = _probe(cache, out / "probe" / run.name, config)
+    tasks = [(run, data, out / "features" / run.name, out / "probe" / run.name, config) for run in runs]
+    if jobs <= 1 or len(runs) == 1:
+        for index, task in enumerate(tasks, 1):
+            accuracies[task[0].name] = _features_and_probe(*task)
+            _log_done(log, index, len(runs), task[0].name)
+    else:
+        # Spawned workers (torch and fork do not mix) with one thread each: both cores of a small CPU.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context, initializer=_one_thread) as pool:
+            futures = {pool.submit(_features_and_probe, *task): task[0].name for task in tasks}
+            for index, future in enumerate(as_completed(futures), 1):
+                accuracies[futures[future]] = future.result()
+                _log_done(log, index, len(runs), futures[future])
+        accuracies = {run.name: accuracies[run.name] for run in runs}  # the runs' order, not finishing order
     majority = float(np.bincount(data.splits["test"].labels).max() / len(data.splits["test"]))
     result = {
         "format": DOWNSTREAM_FORMAT,
@@ -96,6 +110,24 @@ def downstream_stage(
     _write_tables(out, result)
     atomic_write_json(out / "downstream.json", result)
     return result
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _log_done(log: bool, index: int, total: int, name: str) -> None:
+    if log:
+        print(f"[downstream {index}/{total}] {name}: features probed", file=sys.stderr, flush=True)
+
+
+def _features_and_probe(
+    run: SweepRun, data: Any, cache: Path, probe_out: Path, config: DownstreamConfig
+) -> dict[tuple[str, str], dict[int, float]]:
+    """One run's share of the stage (a worker's task): its feature cache, then its probes."""
+    return _probe(_features(run, data, cache, config), probe_out, config)
 
 
 def _features(run: SweepRun, data: Any, cache: Path, config: DownstreamConfig) -> Path:

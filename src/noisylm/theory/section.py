@@ -185,7 +185,7 @@ def _theory(root: Path, config: TheoryConfig, clean: RunInfo, noisy: list[RunInf
 def _progress(items: list[Any], desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="run", leave=False)
+    return tqdm(items, desc=desc, unit="run", leave=False, disable=None)  # None: no bar in a log file
 
 
 def _intro(config: TheoryConfig) -> str:

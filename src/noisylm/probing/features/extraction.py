@@ -183,7 +183,7 @@ def _run_backbone(
     else:
         order = np.arange(n)
     outputs = torch.empty(0)
-    bar = tqdm(total=n, desc=f"extract {split}", unit="ex", disable=not progress, leave=False)
+    bar = tqdm(total=n, desc=f"extract {split}", unit="ex", disable=None if progress else True, leave=False)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]

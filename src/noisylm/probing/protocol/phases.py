@@ -443,4 +443,5 @@ def _progress_bar(config: ProbeConfig, datasets: list[ProbeData]):
     if config.logreg and "linear" in config.heads:
         total += len(config.logreg_cs) + 1
     total *= len(datasets) * len(config.feature_noise)
-    return tqdm(total=total, desc="probe runs", unit="run", disable=not config.progress)
+    # disable=None: a bar on a terminal, none in a log file (no carriage returns there)
+    return tqdm(total=total, desc="probe runs", unit="run", disable=None if config.progress else True)
