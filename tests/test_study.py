@@ -226,7 +226,7 @@ def test_run_again_reuses_refuses_other_settings_and_resumes(study, tmp_path):
         ({"gammas": ()}, "the searched γ grid is empty; give at least one value"),
         ({"lams": (0.1, -1.0)}, "the searched λ grid must be finite numbers >= 0"),
         ({"noise_sigmas": (0.0,)}, "the feature-noise curve needs at least two σ values"),
-        ({"noise_cell": "minilm-wordnet"}, "feature-noise cell 'minilm-wordnet' is not among the cells"),
+        ({"noise_cell": "wordnet"}, "unknown feature-noise cell 'wordnet'; choose from minilm-wordnet"),
         ({"seeds": 1}, "seeds must be >= 2"),
         ({"heads": ("conv",)}, "unknown head 'conv'"),
         ({"gamma_scales": ("relative",)}, "unknown gamma scale 'relative'"),

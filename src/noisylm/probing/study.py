@@ -193,10 +193,10 @@ class StudyConfig:
         if self.noise_cell in ("", "none"):
             self.noise_cell = None
         if self.noise_cell is not None:
-            if self.noise_cell not in self.cells:
+            if self.noise_cell not in STUDY_CELLS:
                 raise UsageError(
-                    f"the feature-noise cell {self.noise_cell!r} is not among the cells "
-                    f"({', '.join(self.cells)}); add it, or pass none for no curve"
+                    f"unknown feature-noise cell {self.noise_cell!r}; choose from {', '.join(STUDY_CELLS)} "
+                    "or none"
                 )
             if len(self.noise_sigmas) < 2:
                 raise UsageError(
@@ -308,8 +308,13 @@ def lgm_study(
             "every cell of the study was skipped (see the lines above); enable one of them, "
             "e.g. --cells pixels-digits, which needs nothing extra"
         )
-    if config.noise_cell is not None and config.noise_cell not in backbones:
-        say(f"skipping the feature-noise curve: its cell {config.noise_cell} is skipped")
+    noise_skipped = None
+    if config.noise_cell is not None and config.noise_cell not in config.cells:
+        noise_skipped = f"its cell {config.noise_cell} is not among the cells studied (--cells)"
+    elif config.noise_cell is not None and config.noise_cell not in backbones:
+        noise_skipped = f"its cell {config.noise_cell} is skipped"
+    if noise_skipped:
+        say(f"skipping the feature-noise curve: {noise_skipped} (--noise-cell none: no curve, no line)")
 
     steps: list[_Step] = []  # in order; all checked before the first one runs
     for record in done:
@@ -320,7 +325,10 @@ def lgm_study(
         cache_status, why = _cache_status(
             cache, record["backbone"], backbones[name].hash, record["dataset"], extract_options
         )
-        steps.append(_Step(record, "features", cache, cache_status, why, extract_options))
+        data = None
+        if cache_status != "reuse":  # loaded now: caps too small for a dataset stop the study here
+            data = _load_dataset(name, record["dataset"], extract_options)
+        steps.append(_Step(record, "features", cache, cache_status, why, extract_options, data))
         kinds = ["paper", "searched"] + (["feature-noise"] if name == config.noise_cell else [])
         for kind in kinds:
             probe_out = out / "probes" / ("feature-noise" if kind == "feature-noise" else f"{name}/{kind}")
@@ -350,14 +358,15 @@ def lgm_study(
                 say(f"{tag} extracting {step.record['backbone']} features of {step.record['dataset']}{note}")
                 extract(
                     backbones[name],
-                    step.record["dataset"],
+                    step.data,
                     step.path,
                     overwrite=True,
                     progress=config.progress,
                     device=config.device,
                     **step.extract_options,
                 )
-            backbones.pop(name)  # the model is no longer needed
+            backbones.pop(name)  # the model and the data are no longer needed
+            step.data = None
             seconds = round(time.perf_counter() - begin, 2)
             meta = read_json(step.path / "meta.json", "feature cache metadata")
             step.record.update(
@@ -416,7 +425,7 @@ def lgm_study(
         noise["cell"] = config.noise_cell
         noise["probe"] = str(out / "probes" / "feature-noise")
     elif config.noise_cell is not None:
-        noise = {"cell": config.noise_cell, "skipped": f"its cell {config.noise_cell} is skipped"}
+        noise = {"cell": config.noise_cell, "skipped": noise_skipped}
 
     probe_seconds = [s["probe_seconds"] for s in stages if s.get("probe_seconds") is not None]
     result = {
@@ -448,6 +457,7 @@ class _Step:
     status: str  # reuse | extract | run | resume | replace
     why: str = ""  # what differs, for replace
     extract_options: dict[str, Any] | None = None
+    data: Any = None  # the labelled dataset to extract (a LabelledDataset), when features are made
 
 
 def _logger(log: bool):
@@ -482,6 +492,24 @@ def _extract_options(cell: StudyCell, config: StudyConfig) -> dict[str, Any]:
         "max_train": config.max_train,
         "max_test": config.max_test,
     }
+
+
+def _load_dataset(cell: str, dataset: str, options: dict[str, Any]) -> Any:
+    """The cell's dataset with its splits, made as `extract` makes them (the same defaults)."""
+    from noisylm.probing.datasets import load_dataset
+    from noisylm.probing.features import ExtractConfig
+
+    settings = ExtractConfig(backbone="-", dataset=dataset, **options)
+    try:
+        return load_dataset(
+            dataset,
+            val_fraction=settings.val_fraction,
+            seed=settings.seed,
+            max_train=settings.max_train,
+            max_test=settings.max_test,
+        )
+    except NoisyLMError as exc:
+        raise type(exc)(f"cell {cell}: {exc} (--max-train, --max-test)") from None
 
 
 def _cache_status(
@@ -589,7 +617,7 @@ def classify(diff: dict[str, Any] | None) -> str:
     if diff.get("ci95") is None:
         return "one seed: no interval"
     if all(d == 0 for d in diff["differences"]):
-        return "no change (the same accuracy on every seed)"  # e.g. a penalty too small to move a head
+        return "no change"  # the same accuracy on every seed: e.g. a penalty too small to move a head
     low, high = diff["ci95"]
     if low > 0:
         return "helps beyond seed noise"
@@ -751,7 +779,9 @@ def findings_markdown(result: dict[str, Any]) -> str:
         f"(Eq. 3). L_gm searched: {grid} chosen on validation. Δ = L_gm − CE in percentage points, "
         "seed by seed at CE's selected lr and batch size (only the penalty differs): mean [95% "
         "t-interval], p = exact sign-flip p-value. The intervals cover seed noise only (head init and "
-        "batch order); the data split, the features and the selection on one validation split are fixed.",
+        "batch order); the data split, the features and the selection on one validation split are fixed. "
+        "No change = the same accuracy on every seed. † = the grid's smallest γ and λ, the closest to plain "
+        "CE (ties on validation keep the earlier grid point).",
         "",
         "| cell | head | CE | CE std | logistic regression | L_gm paper | Δ paper | L_gm searched "
         "(γ, λ) | Δ searched | verdict |",
@@ -759,7 +789,13 @@ def findings_markdown(result: dict[str, Any]) -> str:
     ]
     for row in rows:
         logreg = "" if row["logreg_mean"] is None else f"{row['logreg_mean']:.2f} (C={row['logreg_C']:g})"
-        searched = f"{row['searched_mean']:.2f} ({row['searched_gamma']:g}, {row['searched_lam']:g})"
+        smallest = (row["searched_gamma"], row["searched_lam"]) == (
+            min(config["gammas"]),
+            min(config["lams"]),
+        )
+        searched = f"{row['searched_mean']:.2f} ({row['searched_gamma']:g}, {row['searched_lam']:g})" + (
+            " †" if smallest else ""
+        )
         cells = [
             titles.get(row["cell"], row["cell"]),
             row["head"],
