@@ -793,9 +793,12 @@ def findings_markdown(result: dict[str, Any]) -> str:
             min(config["gammas"]),
             min(config["lams"]),
         )
-        searched = f"{row['searched_mean']:.2f} ({row['searched_gamma']:g}, {row['searched_lam']:g})" + (
+        # the γ scale only when several were searched (else it is in the caption)
+        scale = f", {row['searched_gamma_scale']}" if len(config["gamma_scales"]) > 1 else ""
+        setting_text = f"({row['searched_gamma']:g}, {row['searched_lam']:g}{scale})" + (
             " †" if smallest else ""
         )
+        searched = f"{row['searched_mean']:.2f} {setting_text}"
         cells = [
             titles.get(row["cell"], row["cell"]),
             row["head"],
