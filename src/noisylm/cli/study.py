@@ -45,8 +45,7 @@ writes OUT/:
 differences: L_gm - CE seed by seed at CE's selected lr and batch size (the probe's paired runs), so that
   only the penalty differs; the intervals cover seed noise (head init, batch order), not the data split.
 
-cost: measured on 2 CPU cores with --jobs 2 (defaults: caps 3000/1000, preset quick, 8 seeds, 4 x 4
-  grid): STUDY_COST
+cost (defaults: caps 3000/1000, preset quick, 8 seeds, 4 x 4 grid; --jobs 2): STUDY_COST
 
 again and resume: running it again with the same --out continues: finished caches and probes are reused,
   an interrupted probe resumes from OUT/probes/.../NAME.partial/. Caches or probes made with other
@@ -58,8 +57,12 @@ examples:
   noisylm lgm-study --out quick --cells pixels-digits --seeds 3 --noise-cell pixels-digits
 """
 STUDY_COST = (
-    "about 25 min on an idle machine: features ~4 min (EfficientNet-lite0 the most), probes ~20 min "
-    "(the searched probes are ~3/4 of it)"
+    "about 25 CPU-minutes,\n"
+    "  so ~15 min on 2 idle cores (an estimate: the whole study was not timed). Measured per cell on a\n"
+    "  shared 2-core machine (2-3x slower than idle): MiniLM/WordNet 13 min (features 1.6, paper probe\n"
+    "  1.9, searched 2.6, feature-noise curve 7.3), EfficientNet-lite0/Fashion-MNIST 20 min (features\n"
+    "  8.7, paper 3.1, searched 8.3); the other two cells are smaller. OUT/study.json records the wall\n"
+    "  time of every stage"
 )
 
 # Options that set a StudyConfig field (dest -> field): their help is the field's doc, read when help
