@@ -443,7 +443,7 @@ def lgm_study(
         "wall_seconds": round(time.perf_counter() - started, 2),
         "provenance": provenance(asdict(config)),
     }
-    _write_outputs(out, result, config)
+    _write_outputs(out, result)
     return result
 
 
@@ -869,7 +869,7 @@ def feature_noise_markdown(noise: dict[str, Any], config: dict[str, Any]) -> str
     return "\n".join(lines) + "\n"
 
 
-def _write_outputs(out: Path, result: dict[str, Any], config: StudyConfig) -> None:
+def _write_outputs(out: Path, result: dict[str, Any]) -> None:
     atomic_write_text(out / "findings.md", findings_markdown(result))
     atomic_write_text(out / "findings.csv", _csv(result["rows"], FINDINGS_COLUMNS))
     noise = result.get("feature_noise")
