@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "noisylm.cli.scan",  # scan
     "noisylm.cli.features",  # extract
     "noisylm.cli.probe",  # probe
+    "noisylm.cli.study",  # lgm-study
     "noisylm.cli.finetune",  # finetune
 )
 

@@ -2,7 +2,8 @@
 
 `datasets` (labelled data: bundled, files, folders, Hugging Face) → `features` (templates, backbones,
 extraction into a feature cache) → `heads` (linear, MLP) and `lgm` (the Local Gradient Matching loss) →
-`protocol` (`probe`: the paper's probing protocol and its tables).
+`protocol` (`probe`: the paper's probing protocol and its tables) → `study` (`lgm_study`: the LGM study's
+four backbone × dataset cells, paper vs searched (γ, λ), and the feature-noise curve).
 """
 
 # Eager on purpose: with a lazy __getattr__, importing a submodule would set the package attribute of
@@ -21,6 +22,7 @@ from noisylm.probing.finetuning import finetune
 from noisylm.probing.heads import LinearHead, MLPHead, make_head
 from noisylm.probing.lgm import LGMLoss, lgm_penalty
 from noisylm.probing.protocol import ProbeConfig, probe
+from noisylm.probing.study import STUDY_CELLS, StudyConfig, lgm_study
 
 __all__ = [
     "LabelledDataset",
@@ -40,4 +42,7 @@ __all__ = [
     "ProbeConfig",
     "probe",
     "finetune",
+    "StudyConfig",
+    "STUDY_CELLS",
+    "lgm_study",
 ]
