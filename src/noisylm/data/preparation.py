@@ -356,16 +356,7 @@ def _tokenize_into(
     source_docs: list[int],
     progress: bool | None,
 ) -> None:
-    from tqdm import tqdm
-
-    total = sum(f.stat().st_size for f in files) if not any(f.suffix == ".gz" for f in files) else None
-    bar = tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        desc="prepare",
-        disable=(not progress) if progress is not None else None,
-    )
+    bar = _progress_bar(files, progress)
 
     def write(result: tuple[np.ndarray, np.ndarray, int, int], chars: int) -> None:
         train, val, n_train, n_val = result
@@ -409,6 +400,26 @@ def _tokenize_into(
                 raise
     finally:
         bar.close()
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(files: list[Path], progress: bool | None) -> Any:
+    if progress is False:  # --quiet: skip even importing tqdm (~50 ms of every run's start-up)
+        return _NoProgress()
+    from tqdm import tqdm
+
+    total = sum(f.stat().st_size for f in files) if not any(f.suffix == ".gz" for f in files) else None
+    # progress None: tqdm decides (a bar only on a terminal)
+    return tqdm(
+        total=total, unit="B", unit_scale=True, desc="prepare", disable=None if progress is None else False
+    )
 
 
 def merge(
