@@ -71,7 +71,7 @@ class PrepareConfig:
                     ids); its name replaces ``tokenizer``
     val_fraction:   share of documents in the validation split, in [0, 1)
     seed:           seeds the validation assignment (see module docstring)
-    num_proc:       tokenizer processes (1 = tokenize in this process)
+    num_proc:       tokenizer workers: threads for gpt2, processes otherwise (1 = in this thread)
     doc_separator:  split text files into documents at this literal string (None: one per file)
     text_field:     the field of JSONL records that holds the text
     max_documents:  stop after this many documents (over the whole input; None: all)
