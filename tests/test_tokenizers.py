@@ -89,7 +89,8 @@ def test_gpt2_encode_documents_equals_each_text_alone_plus_eot(tiktoken_referenc
     def reference(texts: list[str]) -> list[int]:
         return [i for t in texts for i in tiktoken_reference.encode_ordinary(t) + [50256]]
 
-    for texts in (DOCUMENTS, DOCUMENTS + ["<|endoftext|> inside a text"], [], ["one"]):
+    inside = "holds <|endoftext|> as text"
+    for texts in (DOCUMENTS, DOCUMENTS[:3] + [inside, inside] + DOCUMENTS[3:] + [inside], [], ["one"]):
         got = tok.encode_documents(texts)
         assert got.dtype == np.uint16 and got.tolist() == reference(texts)
     assert tok.encode_to_array(DOCUMENTS[7]).tolist() == tiktoken_reference.encode_ordinary(DOCUMENTS[7])

@@ -134,14 +134,22 @@ class GPT2Tokenizer(Tokenizer):
         special token: tiktoken encodes the stretches between special tokens independently (its regex
         runs on each stretch alone), so the ids equal encoding each text alone plus end-of-text. The
         string cannot straddle a text boundary (no proper prefix of it is also a suffix), so only a
-        text that contains it (to be encoded as plain text) breaks the join: such batches are encoded
-        text by text."""
+        text that contains it (to be encoded as plain text) breaks the join: such a text is encoded on
+        its own, the texts around it still together."""
         if not texts:
             return np.zeros(0, dtype=np.uint16)
         joined = GPT2_EOT.join(texts) + GPT2_EOT
-        if joined.count(GPT2_EOT) != len(texts):
-            return super().encode_documents(texts)
-        return self._tiktoken_array(joined, frozenset((GPT2_EOT,))).astype(np.uint16)
+        if joined.count(GPT2_EOT) == len(texts):
+            return self._tiktoken_array(joined, frozenset((GPT2_EOT,))).astype(np.uint16)
+        eot = np.array([self.eot_id], dtype=np.uint16)
+        parts, run = [], []
+        for text in texts:
+            if GPT2_EOT in text:
+                parts += [self.encode_documents(run), self.encode_to_array(text), eot]
+                run = []
+            else:
+                run.append(text)
+        return np.concatenate([*parts, self.encode_documents(run)])
 
     def _tiktoken_array(self, text: str, allowed_special: frozenset[str]) -> np.ndarray:
         try:
