@@ -19,7 +19,8 @@
                  it does afterwards untimed, to check the token count);
       one call:  tiktoken `encode_ordinary` on all documents concatenated, in this process (one thread).
     MB = UTF-8 bytes of document text (not of the JSONL file). Median of the 3 runs; target: noisylm
-    >= 1.6x the reference.
+    >= 1.6x the reference. The JSON line also gives each run's CPU seconds (all threads and processes;
+    for the reference, of its timed part), which a busy machine disturbs less than wall clock.
 
 usage: python benchmarks/bench_data.py [--only a,b,c,d] [--prepare-mb 32] [--inject-tokens 200000000]
        [--rss-gb 1.0] [--short-mb 50] [--short-procs 2]
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -217,17 +219,17 @@ import numpy as np
 from noisylm.data.tokenizers import get_tokenizer
 enc = get_tokenizer("gpt2").encoding
 path, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 with open(path, encoding="utf-8") as fh:
     docs = [json.loads(line)["text"] for line in fh]
 ids = enc.encode_ordinary_batch(docs, num_threads=threads)
-seconds = time.perf_counter() - t0
+seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
 flat = []
 for doc in ids:
     flat += doc
     flat.append(enc.eot_token)
 np.asarray(flat, dtype=np.uint16).tofile(out)
-print(json.dumps({"seconds": seconds, "tokens": len(flat), "documents": len(docs)}))
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "tokens": len(flat), "documents": len(docs)}))
 """
 
 
@@ -242,15 +244,19 @@ def bench_short_docs(tmp: Path, megabytes: float, procs: int) -> dict:
     with open(corpus, encoding="utf-8") as fh:
         text = "".join(json.loads(line)["text"] for line in fh)
     enc = get_tokenizer("gpt2").encoding
-    ours, ref, single, loads = [], [], [], []
+    ours, ref, single, loads, ours_cpu, ref_cpu = [], [], [], [], [], []
     for _ in range(REPEATS_SHORT):  # alternate the contenders; report the medians
         loads.append(os.getloadavg()[0])
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(ours_cmd, env=env, check=True, stdout=subprocess.DEVNULL)
         ours.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ours_cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         out = subprocess.run(ref_cmd, env=env, check=True, capture_output=True, text=True).stdout
         reference = json.loads(out.splitlines()[-1])
         ref.append(reference["seconds"])
+        ref_cpu.append(reference["cpu_seconds"])
         t0 = time.perf_counter()
         single_tokens = len(enc.encode_ordinary(text))
         single.append(time.perf_counter() - t0)
@@ -265,6 +271,9 @@ def bench_short_docs(tmp: Path, megabytes: float, procs: int) -> dict:
         "prepare_s": ours,
         "reference_s": ref,
         "one_call_s": single,
+        # CPU seconds (all threads and processes): the whole command; the reference's timed part
+        "prepare_cpu_s": ours_cpu,
+        "reference_cpu_s": ref_cpu,
         "load_average_1min": loads,
         "prepare_tokens": splits["train"]["tokens"] + splits["val"]["tokens"],
         "prepare_documents": splits["train"]["documents"] + splits["val"]["documents"],
