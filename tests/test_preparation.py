@@ -308,6 +308,47 @@ def test_streaming_a_long_document_in_small_pieces_keeps_tiktoken_ids(tmp_path, 
     assert np.asarray(shards.tokens("train")).tolist() == expected
 
 
+def test_many_short_jsonl_documents_equal_tiktoken_per_document(tmp_path, monkeypatch, tiktoken_gpt2):
+    """Web-style input: short JSONL documents, some that would tokenize differently if two ran
+    together, one long enough to be streamed in pieces, one blank (skipped). 1 and 2 workers write the
+    same bytes: each document's own tiktoken ids, then end-of-text, in input order."""
+    import noisylm.data.corpora as corpora
+    import noisylm.data.preparation as prep
+
+    monkeypatch.setattr(corpora, "PIECE_CHARS", 2000)  # the play excerpt becomes several pieces
+    monkeypatch.setattr(prep, "BATCH_CHARS", 3000)  # many small batches in flight
+    play = _text(_plays(1)[0])
+    docs = [play[i * 700 : (i + 1) * 700] for i in range(40)]  # cut mid-word and mid-line
+    docs[3] = "ends in spaces and a newline   \n"
+    docs[4] = "'s a contraction after it"
+    docs[5] = "holds <|endoftext|> as plain text"
+    docs[6] = "ends with <|endoftext"
+    docs[7] = "|> and a lone \ud83d surrogate"
+    docs[8] = play[:9000]
+    docs[9] = " \n\t "  # whitespace only: not a document
+    src = tmp_path / "web.jsonl"
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    kept = [d for d in docs if d.strip()]
+
+    def run(name: str, procs: int, fraction: float) -> ShardSet:
+        return prepare(
+            [src], tmp_path / name, tokenizer="gpt2", val_fraction=fraction, num_proc=procs, progress=False
+        )
+
+    whole = run("all-1", 1, 0.0)
+    expected = [i for d in kept for i in tiktoken_gpt2.encode_ordinary(d) + [50256]]
+    assert np.asarray(whole.tokens("train")).tolist() == expected
+    two_workers = run("all-2", 2, 0.0)
+    assert (two_workers.path / "train.bin").read_bytes() == (whole.path / "train.bin").read_bytes()
+    one, two = run("val-1", 1, 0.25), run("val-2", 2, 0.25)
+    for split in ("train", "val"):
+        assert (one.path / f"{split}.bin").read_bytes() == (two.path / f"{split}.bin").read_bytes()
+    got = _docs(one.tokens("train"), 50256) + _docs(one.tokens("val"), 50256)
+    assert sorted(d.tobytes() for d in got) == sorted(
+        np.array(tiktoken_gpt2.encode_ordinary(d) + [50256], np.uint16).tobytes() for d in kept
+    )
+
+
 # ------------------------------------------------- commands killed outright (SIGKILL) and the next run
 
 

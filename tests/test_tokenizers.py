@@ -67,6 +67,41 @@ def test_gpt2_matches_tiktoken(tiktoken_reference):
     assert tok.encode_batch(SAMPLES) == [tiktoken_reference.encode_ordinary(t) for t in SAMPLES]
 
 
+# Texts whose ids depend on what surrounds them if two were ever encoded as one: trailing spaces and
+# newlines (the pattern's ``\s+(?!\S)``), a contraction after a text, the end-of-text string inside a
+# text (plain text) or cut at a text boundary, an empty text, a lone surrogate (JSON can carry one).
+DOCUMENTS = [
+    "first line\n\n   ",
+    "'ll be back",
+    "",
+    "   spaced  ",
+    "ends with <|endoftext",
+    "|> starts with the rest",
+    "Ünïcödé 🙂 3.14",
+    "broken \ud83d surrogate",
+    "\n",
+]
+
+
+def test_gpt2_encode_documents_equals_each_text_alone_plus_eot(tiktoken_reference):
+    tok = get_tokenizer("gpt2")
+
+    def reference(texts: list[str]) -> list[int]:
+        return [i for t in texts for i in tiktoken_reference.encode_ordinary(t) + [50256]]
+
+    inside = "holds <|endoftext|> as text"
+    for texts in (DOCUMENTS, DOCUMENTS[:3] + [inside, inside] + DOCUMENTS[3:] + [inside], [], ["one"]):
+        got = tok.encode_documents(texts)
+        assert got.dtype == np.uint16 and got.tolist() == reference(texts)
+    assert tok.encode_to_array(DOCUMENTS[7]).tolist() == tiktoken_reference.encode_ordinary(DOCUMENTS[7])
+
+
+def test_bytes_encode_documents_is_utf8_plus_eot():
+    texts = ["abc", "", "é\n"]
+    expected = [b for t in texts for b in [*t.encode("utf-8"), 256]]
+    assert get_tokenizer("bytes").encode_documents(texts).tolist() == expected
+
+
 def test_bytes_tokenizer_round_trip():
     tok = get_tokenizer("bytes")
     text = "naïve café ☕"
@@ -120,6 +155,7 @@ def test_bpe_eot_is_plain_text_and_skipped_when_decoding(python_docs_bpe):
     ids = tok.encode("<|endoftext|>")
     assert tok.eot_id not in ids and tok.decode(ids) == "<|endoftext|>"
     assert tok.decode([*tok.encode("a"), tok.eot_id, *tok.encode("b")]) == "ab"
+    assert tok.encode_documents(["a", "b"]).tolist() == [*tok.encode("a"), 512, *tok.encode("b"), 512]
 
 
 def test_bpe_training_is_deterministic_across_processes(tmp_path):

@@ -1,10 +1,11 @@
 """Text → token shards (`noisylm prepare`), and `merge` for shard sets prepared in parts.
 
 The main process reads the inputs as a stream of bounded pieces (`corpora.iter_pieces`), assigns
-each document to a split, and hands batches of about 1 M characters to ``num_proc`` worker processes
-that tokenize them; it writes the ids in input order, each document followed by the end-of-text
-id (nanoGPT's format). At most ``2 * num_proc + 2`` batches are in flight, so memory stays bounded
-(tens of MB) whatever the corpus size.
+each document to a split, and hands batches of about 1 M characters to ``num_proc`` workers that
+tokenize them (threads for GPT-2, whose tiktoken encodes a batch in one call without the GIL;
+processes for the other tokenizers); it writes the ids in input order, each document followed by the
+end-of-text id (nanoGPT's format), hashing them as it writes. At most ``2 * num_proc + 2`` batches are
+in flight, so memory stays bounded (tens of MB) whatever the corpus size.
 
 Validation split: documents, chosen by systematic sampling with a seeded offset: document ``i``
 (counted over the whole input, in order) is a validation document when
@@ -31,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,10 @@ from noisylm.data.tokenizers import (
 from noisylm.errors import NoisyLMError, UsageError
 
 BATCH_CHARS = 1 << 20
+# Tokenizers that encode a whole batch without holding the GIL (tiktoken: `encode_documents` is one
+# native call). With --num-proc N they run on N threads of this process: no worker start-up, nothing
+# pickled. The others (bytes, a trained BPE, which holds the GIL per text) run in N processes.
+THREADED_TOKENIZERS = frozenset({"gpt2"})
 
 
 @dataclass
@@ -66,7 +71,7 @@ class PrepareConfig:
                     ids); its name replaces ``tokenizer``
     val_fraction:   share of documents in the validation split, in [0, 1)
     seed:           seeds the validation assignment (see module docstring)
-    num_proc:       tokenizer processes (1 = tokenize in this process)
+    num_proc:       tokenizer workers: threads for gpt2, processes otherwise (1 = in this thread)
     doc_separator:  split text files into documents at this literal string (None: one per file)
     text_field:     the field of JSONL records that holds the text
     max_documents:  stop after this many documents (over the whole input; None: all)
@@ -272,25 +277,34 @@ def _worker_tokenizer(spec: str) -> Tokenizer:
 def _encode_batch(spec: str, batch: list[tuple[str, bool, bool]]) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Worker: ids of a batch, split into (train ids, val ids, train docs, val docs)."""
     tok = _worker_tokenizer(spec)
+    train = [(text, ends) for text, ends, is_val in batch if not is_val]
+    val = [(text, ends) for text, ends, is_val in batch if is_val]
+    return (
+        _encode_pieces(tok, train),
+        _encode_pieces(tok, val),
+        sum(ends for _, ends in train),
+        sum(ends for _, ends in val),
+    )
+
+
+def _encode_pieces(tok: Tokenizer, pieces: list[tuple[str, bool]]) -> np.ndarray:
+    """The ids of ``pieces`` in order, end-of-text after each piece that ends a document. Whole
+    documents go to the tokenizer together (`Tokenizer.encode_documents`: one call per run of them);
+    a piece of a long document is encoded on its own, as `corpora.iter_pieces` promises."""
     dtype = token_dtype(tok.vocab_size)
-    eot = np.array([tok.eot_id], dtype=dtype)
-    parts: dict[bool, list[np.ndarray]] = {False: [], True: []}
-    docs = {False: 0, True: 0}
-    encode = getattr(getattr(tok, "encoding", None), "encode_to_numpy", None)
-    for text, ends, is_val in batch:
-        if tok.name == "gpt2" and encode is not None:
-            # tiktoken's numpy path; with no special tokens allowed or disallowed it equals encode_ordinary
-            ids = encode(text, allowed_special=set(), disallowed_special=())
-        else:
-            ids = tok.encode_to_array(text)
-        parts[is_val].append(ids.astype(dtype, copy=False))
+    parts: list[np.ndarray] = []
+    documents: list[str] = []
+    for text, ends in pieces:
         if ends:
-            parts[is_val].append(eot)
-            docs[is_val] += 1
-    empty = np.zeros(0, dtype=dtype)
-    train = np.concatenate(parts[False]) if parts[False] else empty
-    val = np.concatenate(parts[True]) if parts[True] else empty
-    return train, val, docs[False], docs[True]
+            documents.append(text)
+            continue
+        if documents:
+            parts.append(tok.encode_documents(documents))
+            documents = []
+        parts.append(tok.encode_to_array(text))
+    if documents:
+        parts.append(tok.encode_documents(documents))
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
 
 
 def _mp_context():
@@ -342,16 +356,7 @@ def _tokenize_into(
     source_docs: list[int],
     progress: bool | None,
 ) -> None:
-    from tqdm import tqdm
-
-    total = sum(f.stat().st_size for f in files) if not any(f.suffix == ".gz" for f in files) else None
-    bar = tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        desc="prepare",
-        disable=(not progress) if progress is not None else None,
-    )
+    bar = _progress_bar(files, progress)
 
     def write(result: tuple[np.ndarray, np.ndarray, int, int], chars: int) -> None:
         train, val, n_train, n_val = result
@@ -366,24 +371,55 @@ def _tokenize_into(
             for batch, chars in batches:
                 write(_encode_batch(spec, batch), chars)
             return
-        _worker_tokenizer(spec)  # build once here; forked workers inherit it
+        _worker_tokenizer(spec)  # build once here; threads share it, forked workers inherit it
+        pool: Executor
+        if spec in THREADED_TOKENIZERS:
+            pool = ThreadPoolExecutor(max_workers=cfg.num_proc, thread_name_prefix="prepare-tokenizer")
+            task, first = _encode_batch, (spec,)
+        else:
+            pool = ProcessPoolExecutor(
+                max_workers=cfg.num_proc,
+                mp_context=_mp_context(),
+                initializer=_start_worker,
+                initargs=(os.getpid(), spec),
+            )
+            task, first = _encode_in_worker, ()
         in_flight: collections.deque[tuple[Future, int]] = collections.deque()
-        with ProcessPoolExecutor(
-            max_workers=cfg.num_proc,
-            mp_context=_mp_context(),
-            initializer=_start_worker,
-            initargs=(os.getpid(), spec),
-        ) as pool:
-            for batch, chars in batches:
-                in_flight.append((pool.submit(_encode_in_worker, batch), chars))
-                if len(in_flight) >= 2 * cfg.num_proc + 2:
+        with pool:
+            try:
+                for batch, chars in batches:
+                    in_flight.append((pool.submit(task, *first, batch), chars))
+                    if len(in_flight) >= 2 * cfg.num_proc + 2:
+                        future, n = in_flight.popleft()
+                        write(future.result(), n)
+                while in_flight:
                     future, n = in_flight.popleft()
                     write(future.result(), n)
-            while in_flight:
-                future, n = in_flight.popleft()
-                write(future.result(), n)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)  # do not tokenize the queued batches
+                raise
     finally:
         bar.close()
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(files: list[Path], progress: bool | None) -> Any:
+    if progress is False:  # --quiet: skip even importing tqdm (~50 ms of every run's start-up)
+        return _NoProgress()
+    from tqdm import tqdm
+
+    total = sum(f.stat().st_size for f in files) if not any(f.suffix == ".gz" for f in files) else None
+    # progress None: tqdm decides (a bar only on a terminal)
+    return tqdm(
+        total=total, unit="B", unit_scale=True, desc="prepare", disable=None if progress is None else False
+    )
 
 
 def merge(

@@ -59,6 +59,14 @@ class Tokenizer(ABC):
         """Ids as the smallest unsigned dtype that holds the vocabulary (see `token_dtype`)."""
         return np.asarray(self.encode(text), dtype=token_dtype(self.vocab_size))
 
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """The ids of each text followed by the end-of-text id, concatenated (nanoGPT's layout), as
+        `token_dtype`. Each text is encoded on its own: tokens never span two texts."""
+        dtype = token_dtype(self.vocab_size)
+        eot = np.array([self.eot_id], dtype=dtype)
+        parts = [part for text in texts for part in (self.encode_to_array(text).astype(dtype), eot)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
@@ -115,6 +123,42 @@ class GPT2Tokenizer(Tokenizer):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self._enc.encode_ordinary_batch(list(texts), num_threads=1)
 
+    def encode_to_array(self, text: str) -> np.ndarray:
+        return self._tiktoken_array(text, frozenset()).astype(np.uint16)
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """As `Tokenizer.encode_documents`, in one call into tiktoken, which releases the GIL for the
+        whole batch (so threads encode in parallel) and costs nothing per text.
+
+        The texts are joined with the end-of-text string and encoded with that string allowed as the
+        special token: tiktoken encodes the stretches between special tokens independently (its regex
+        runs on each stretch alone), so the ids equal encoding each text alone plus end-of-text. The
+        string cannot straddle a text boundary (no proper prefix of it is also a suffix), so only a
+        text that contains it (to be encoded as plain text) breaks the join: such a text is encoded on
+        its own, the texts around it still together."""
+        if not texts:
+            return np.zeros(0, dtype=np.uint16)
+        joined = GPT2_EOT.join(texts) + GPT2_EOT
+        if joined.count(GPT2_EOT) == len(texts):
+            return self._tiktoken_array(joined, frozenset((GPT2_EOT,))).astype(np.uint16)
+        eot = np.array([self.eot_id], dtype=np.uint16)
+        parts, run = [], []
+        for text in texts:
+            if GPT2_EOT in text:
+                parts += [self.encode_documents(run), self.encode_to_array(text), eot]
+                run = []
+            else:
+                run.append(text)
+        return np.concatenate([*parts, self.encode_documents(run)])
+
+    def _tiktoken_array(self, text: str, allowed_special: frozenset[str]) -> np.ndarray:
+        try:
+            return self._enc.encode_to_numpy(text, allowed_special=allowed_special, disallowed_special=())
+        except UnicodeEncodeError:
+            # a lone surrogate (JSON text may hold one): the same repair as tiktoken's encode_ordinary
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return self._enc.encode_to_numpy(text, allowed_special=allowed_special, disallowed_special=())
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._enc.decode([int(i) for i in ids], errors="replace")
 
@@ -132,9 +176,16 @@ def _gpt2_mergeable_ranks() -> dict[bytes, int]:
             rank_to_byte.append(b)
             char_to_byte[chr(256 + extra)] = b
             extra += 1
+    # str.translate to code points < 256, then latin-1: the mapping at C speed (this runs at the start
+    # of every `prepare`); a character outside the map becomes U+FFFF, which latin-1 refuses
+    to_latin1 = {ord(c): b for c, b in char_to_byte.items()}
+    to_latin1.update({b: 0xFFFF for b in range(256) if chr(b) not in char_to_byte})
 
     def to_bytes(token: str) -> bytes:
-        return bytes(char_to_byte[c] for c in token)
+        try:
+            return token.translate(to_latin1).encode("latin-1")
+        except UnicodeEncodeError:
+            raise RuntimeError(f"bundled GPT-2 vocabulary holds {token!r}; reinstall noisylm") from None
 
     assets = resources.files("noisylm") / "assets" / "gpt2"
     merges_text = gzip.decompress((assets / "vocab.bpe.gz").read_bytes()).decode("utf-8")
