@@ -11,10 +11,11 @@ against a plain loop of the same model, each pair measured in the same run, alte
    ``dtype = "auto"`` picks on this CPU; config.json names it and why).
 2. The demo's configuration (``demo-bpe``'s train table: the `small` GPT, block 128, batch 64, lr 2e-3,
    paired sampling, on the bundled Shakespeare in a 2,048-id BPE), one torch thread per process and two
-   processes at once, as the demo runs: ``noisylm train`` against `plain_loop.py` (the same model,
-   same data, same dtype, in a hand-written loop), in each of ``--demo-dtypes``.
+   processes at once, as the demo runs: ``noisylm train`` and `plain_loop.py` (the same model, same
+   data, same dtype, in a hand-written loop) side by side, so that both see the same machine load,
+   in each of ``--demo-dtypes``.
 
-Each configuration is its own process (a demo pair: two at once), run in turn, ``--repeats`` times.
+Each configuration is its own process, run in turn (a demo pair: at the same time), ``--repeats`` times.
 Reported per row: the median tokens/s of one process over the iterations after ``--warmup`` (each
 process's per-iteration wall time), each repeat's median, peak RSS of the process (``wait4``), and the
 training loss averaged over the last 5 iterations (random windows on both sides: equal within sampling
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from harness import SRC, nanogpt_train, noisylm_train, prepare_data, run, subprocess_env
@@ -130,10 +132,10 @@ def demo_plain(data: Path, out: Path, iters: int, dtype: str, env: dict[str, str
     }
 
 
-def two_at_once(job, *args_per_process) -> list[dict]:
-    """``job(*args)`` for each argument tuple, all at the same time (the demo runs two runs at once)."""
-    with ThreadPoolExecutor(len(args_per_process)) as pool:
-        return list(pool.map(lambda args: job(*args), args_per_process))
+def side_by_side(*jobs) -> list[dict]:
+    """Run the jobs (functions of no arguments) at the same time, as the demo runs two runs at once."""
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(lambda job: job(), jobs))
 
 
 def machine() -> dict:
@@ -240,14 +242,12 @@ def main() -> None:
                 result = bench_noisylm(data, work, args.iters, VARIANTS[name], env, f"v{i}")
                 nano[f"noisylm {name}"].append(result)
             for dtype in args.demo_dtypes:
-                pair = [
-                    (demo_data, work / f"plain-{dtype}-{k}", args.demo_iters, dtype, env) for k in range(2)
-                ]
-                demo[f"plain loop {dtype}"] += two_at_once(demo_plain, *pair)
-                pair = [
-                    (demo_data, work / f"demo-{dtype}-{k}", args.demo_iters, dtype, env) for k in range(2)
-                ]
-                demo[f"noisylm train {dtype}"] += two_at_once(demo_noisylm, *pair)
+                plain, trained = side_by_side(
+                    partial(demo_plain, demo_data, work / f"plain-{dtype}", args.demo_iters, dtype, env),
+                    partial(demo_noisylm, demo_data, work / f"demo-{dtype}", args.demo_iters, dtype, env),
+                )
+                demo[f"plain loop {dtype}"].append(plain)
+                demo[f"noisylm train {dtype}"].append(trained)
             print(f"repeat {repeat + 1}/{args.repeats} took {time.time() - began:.0f} s", file=sys.stderr)
     load_after = os.getloadavg()
 
@@ -279,8 +279,8 @@ def main() -> None:
     for dtype in args.demo_dtypes:
         rows = {k: v for k, v in demo_table.items() if k.endswith(f" {dtype}")}
         print_table(
-            f"demo configuration, dtype {dtype}: {args.demo_iters} iterations x 64 x 128 tokens, one thread, "
-            "two processes at once (tokens/s per process)",
+            f"demo configuration, dtype {dtype}: {args.demo_iters} iterations x 64 x 128 tokens, one thread "
+            "per process, the two side by side",
             rows,
             f"plain loop {dtype}",
         )

@@ -81,9 +81,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 # What `dtype = "auto"` needs from a CPU for bf16 autocast to be the faster choice: AMX's bf16 tile
 # units, which oneDNN's bf16 matmuls use. Measured (BENCHMARKS.md "Training"): with AMX, bf16 trains
-# 1.4-1.6x faster than fp32 from the 0.1M-parameter `tiny` model to the 16M one of the nanoGPT
-# comparison; with AVX512-BF16 but no AMX (oneDNN limited to avx512_core_bf16 on the same CPU), bf16
-# trains at 0.6-0.75x fp32, so fp32 stays the choice there and on every other CPU.
+# at least as fast as fp32 at every size, 1.04x for the 0.1M-parameter `tiny` model, 1.4-1.7x for the demo's
+# and the nanoGPT comparison's, 2.4x for GPT-2 124M; with AVX512-BF16 but no AMX (oneDNN kept to
+# avx512_core_bf16 on the same CPU) it trains at 0.6-0.8x fp32, so fp32 stays the choice there and on
+# every other CPU. (torch.backends.cpu.get_cpu_capability() says "AVX512" on AMX CPUs: no use here.)
 AMX_BF16_FLAGS = frozenset({"amx_tile", "amx_bf16"})
 
 
