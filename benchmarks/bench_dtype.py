@@ -1,6 +1,6 @@
 """fp32 against bf16 autocast on this CPU: training steps of one model in one process, alternating.
 
-    python benchmarks/bench_dtype.py [--configs nanogpt demo-bpe demo tiny] [--threads 1] [--repeats 5]
+    python benchmarks/bench_dtype.py [--configs nanogpt demo demo-bytes tiny] [--threads 1] [--repeats 5]
     ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python benchmarks/bench_dtype.py   # the same CPU without AMX
 
 What `dtype = "auto"` is decided on (`noisylm.runtime.auto_cpu_dtype`). For each config, one GPT per
@@ -31,9 +31,11 @@ from noisylm.runtime import autocast_context, cpu_flags
 CONFIGS = {  # name: (model, batch size)
     # the nanoGPT comparison of bench_train.py (the GPT-2 vocabulary), 16M parameters
     "nanogpt": (GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=50257), 8),
-    # the demo's: `small` with a 2,048-id BPE (demo-bpe.toml) and with bytes (demo.toml)
-    "demo-bpe": (GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=2049), 64),
-    "demo": (GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=257), 16),
+    # the demo's: `small` with a 2,048-id BPE (demo.toml), and with bytes (demo-bytes.toml)
+    "demo": (GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=2049), 128),
+    "demo-bytes": (GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=257), 16),
+    # the BPE demo until 2026-12-02 (demo-bpe.toml): longer windows, fewer of them
+    "demo-bpe-128": (GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=2049), 64),
     "tiny": (GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=257), 16),
     "gpt2-124m": (GPTConfig(), 1),  # slow on a CPU: minutes per round
 }
@@ -80,7 +82,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--configs", nargs="+", default=["nanogpt", "demo-bpe", "demo", "tiny"], choices=CONFIGS
+        "--configs", nargs="+", default=["nanogpt", "demo", "demo-bytes", "tiny"], choices=CONFIGS
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--steps", type=int, default=3, help="training steps per dtype per round")

@@ -9,11 +9,12 @@ against a plain loop of the same model, each pair measured in the same run, alte
    train.bin/val.bin and read by both (nanoGPT's format). nanoGPT runs unchanged from ``--nanogpt-dir``
    (not vendored), in fp32. noisylm rows: ``--variants`` (default: fp32, and `auto`, what
    ``dtype = "auto"`` picks on this CPU; config.json names it and why).
-2. The demo's configuration (``demo-bpe``'s train table: the `small` GPT, block 128, batch 64, lr 2e-3,
-   paired sampling, on the bundled Shakespeare in a 2,048-id BPE), one torch thread per process and two
-   processes at once, as the demo runs: ``noisylm train`` and `plain_loop.py` (the same model, same
-   data, same dtype, in a hand-written loop) side by side, so that both see the same machine load,
-   in each of ``--demo-dtypes``.
+2. The demo's configuration (the ``[train]`` table of the packaged ``demo`` sweep config, read when
+   the benchmark starts: the `small` GPT, its block, batch, learning rate and paired sampling, on the
+   bundled Shakespeare in the demo's tokenizer), one torch thread per process and two processes at
+   once, as the demo runs: ``noisylm train`` and `plain_loop.py` (the same model, same data, same
+   dtype, in a hand-written loop) side by side, so that both see the same machine load, in each of
+   ``--demo-dtypes`` (default: the dtype the demo pins, and `auto`).
 
 Each configuration is its own process, run in turn (a demo pair: at the same time), ``--repeats`` times.
 Reported per row: the median tokens/s of one process over the iterations after ``--warmup`` (each
@@ -48,8 +49,16 @@ VARIANTS = {  # noisylm settings for the nanoGPT comparison
     "bf16": {"dtype": "bfloat16"},
     "fp32+compile": {"dtype": "float32", "compile": "true"},
 }
-# demo-bpe.toml's [train] table (2026-12-02), less evaluation and checkpoints mid-run
-DEMO = dict(model="small", block_size=128, batch_size=64, learning_rate=2e-3, min_lr=2e-4, warmup_iters=15)
+PLAIN_FIELDS = ("block_size", "batch_size", "learning_rate", "min_lr", "warmup_iters")  # plain_loop.py's
+
+
+def demo_config() -> tuple[dict, str]:
+    """The demo's training fields that shape its speed, and its tokenizer (``configs/demo.toml``)."""
+    from noisylm.experiments.config import load_sweep_config
+
+    demo = load_sweep_config("demo")
+    fields = ("model", "dtype", "grad_accum", "sampler", *PLAIN_FIELDS)
+    return {k: demo.train[k] for k in fields if k in demo.train}, demo.tokenizer
 
 
 def bench_nanogpt(nanogpt_dir: Path, work: Path, iters: int, env: dict[str, str]) -> dict:
@@ -110,19 +119,20 @@ def _with_dtype(result: dict, run_dir: Path) -> dict:
     return {**result, "dtype": record["dtype"], "dtype_reason": record.get("dtype_reason")}
 
 
-def demo_noisylm(data: Path, out: Path, iters: int, dtype: str, env: dict[str, str]) -> dict:
-    args = {**DEMO, "grad_accum": 1, "max_iters": iters, "sampler": "paired", "threads": 1, "dtype": dtype}
+def demo_noisylm(demo: dict, data: Path, out: Path, iters: int, dtype: str, env: dict[str, str]) -> dict:
+    args = {**demo, "max_iters": iters, "threads": 1, "dtype": dtype}
     return _with_dtype(noisylm_train(data, out, {**args, **QUIET}, env), out)
 
 
-def demo_plain(data: Path, out: Path, iters: int, dtype: str, env: dict[str, str]) -> dict:
+def demo_plain(demo: dict, data: Path, out: Path, iters: int, dtype: str, env: dict[str, str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(PLAIN_LOOP), "--data", str(data), "--iters", str(iters), "--threads", "1"]
-    cmd += ["--dtype", dtype] + [f"--{k.replace('_', '-')}={v}" for k, v in DEMO.items() if k != "model"]
+    cmd += ["--model", demo["model"], "--dtype", dtype]
+    cmd += [f"--{k.replace('_', '-')}={demo[k]}" for k in PLAIN_FIELDS]
     output, rss = run(cmd, out, env)
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     steps = [m for m in lines if "iter" in m]
-    tokens = DEMO["batch_size"] * DEMO["block_size"]
+    tokens = demo["batch_size"] * demo["block_size"]
     return {
         "iters": [m["iter"] for m in steps],
         "losses": [m["loss"] for m in steps],
@@ -207,8 +217,8 @@ def main() -> None:
     parser.add_argument(
         "--demo-dtypes",
         nargs="*",
-        default=["float32", "auto"],
-        help="dtypes of the demo comparison (float32 is what the demo pins); none skips it",
+        default=None,
+        help="dtypes of the demo comparison (default: the demo's own and auto); none skips it",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -220,6 +230,9 @@ def main() -> None:
     env = subprocess_env()
     sys.path.insert(0, str(SRC))
     host = machine()
+    demo_fields, demo_tokenizer = demo_config()
+    if args.demo_dtypes is None:
+        args.demo_dtypes = list(dict.fromkeys([demo_fields.get("dtype", "auto"), "auto"]))
     load_before = os.getloadavg()
     started_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     nano: dict[str, list[dict]] = {"nanoGPT fp32": [], **{f"noisylm {v}": [] for v in args.variants}}
@@ -233,8 +246,8 @@ def main() -> None:
         if args.demo_dtypes:
             from noisylm.data.preparation import prepare
 
-            demo_data = work / "demo-shards"  # `noisylm prepare --corpus shakespeare --tokenizer bpe:2048`
-            prepare(None, demo_data, corpus="shakespeare", tokenizer="bpe:2048", progress=False)
+            demo_data = work / "demo-shards"  # `noisylm prepare --corpus shakespeare --tokenizer ...`
+            prepare(None, demo_data, corpus="shakespeare", tokenizer=demo_tokenizer, progress=False)
         for repeat in range(args.repeats):
             began = time.time()
             nano["nanoGPT fp32"].append(bench_nanogpt(args.nanogpt_dir, work, args.iters, env))
@@ -243,8 +256,24 @@ def main() -> None:
                 nano[f"noisylm {name}"].append(result)
             for dtype in args.demo_dtypes:
                 plain, trained = side_by_side(
-                    partial(demo_plain, demo_data, work / f"plain-{dtype}", args.demo_iters, dtype, env),
-                    partial(demo_noisylm, demo_data, work / f"demo-{dtype}", args.demo_iters, dtype, env),
+                    partial(
+                        demo_plain,
+                        demo_fields,
+                        demo_data,
+                        work / f"plain-{dtype}",
+                        args.demo_iters,
+                        dtype,
+                        env,
+                    ),
+                    partial(
+                        demo_noisylm,
+                        demo_fields,
+                        demo_data,
+                        work / f"demo-{dtype}",
+                        args.demo_iters,
+                        dtype,
+                        env,
+                    ),
                 )
                 demo[f"plain loop {dtype}"].append(plain)
                 demo[f"noisylm train {dtype}"].append(trained)
@@ -276,10 +305,15 @@ def main() -> None:
         "nanoGPT fp32",
     )
     demo_table = {name: summarise(runs, args.warmup) for name, runs in demo.items()}
+    batch, block = demo_fields["batch_size"], demo_fields["block_size"]
+    demo_summary = (
+        f"{demo_fields['model']}, {demo_tokenizer}, {batch} x {block} tokens, "
+        f"pinned dtype {demo_fields.get('dtype', 'none')}"
+    )
     for dtype in args.demo_dtypes:
         rows = {k: v for k, v in demo_table.items() if k.endswith(f" {dtype}")}
         print_table(
-            f"demo configuration, dtype {dtype}: {args.demo_iters} iterations x 64 x 128 tokens, one thread "
+            f"demo configuration ({demo_summary}), dtype {dtype}: {args.demo_iters} iterations, one thread "
             "per process, the two side by side",
             rows,
             f"plain loop {dtype}",
@@ -294,6 +328,7 @@ def main() -> None:
                     "load_after": load_after,
                     "nanogpt": nano_table,
                     "demo": demo_table,
+                    "demo_config": {**demo_fields, "tokenizer": demo_tokenizer},
                     "raw": {"nanogpt": nano, "demo": demo},
                     "args": vars(args),
                 },
