@@ -145,9 +145,10 @@ def test_chunked_cross_entropy_with_ignore_index(reduction):
     torch.testing.assert_close(rows, ref_rows.detach())
 
 
-def test_bf16_autocast_loss_close_to_fp32():
+@pytest.mark.parametrize("n_embd", [32, 64])  # one head of 32 attends in fp32 on CPU, one of 64 in bf16
+def test_bf16_autocast_loss_close_to_fp32(n_embd):
     torch.manual_seed(0)
-    model = GPT(tiny())
+    model = GPT(tiny(n_embd=n_embd, n_head=1))
     idx, targets = torch.randint(0, 100, (2, 16)), torch.randint(0, 100, (2, 16))
     _, fp32 = model(idx, targets)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -155,6 +156,30 @@ def test_bf16_autocast_loss_close_to_fp32():
     bf16.backward()
     assert bf16.dtype == torch.float32 and abs(bf16.item() - fp32.item()) < 0.05
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_bf16_chunked_cross_entropy_is_float64_on_bf16_inputs_within_rounding():
+    """Under bf16 autocast: the loss and both gradients of the chunked output layer against autograd in
+    float64 on the same bf16-rounded hidden states and weights (several chunks, the last partial, some
+    ignored targets), and the gradients come back in float32 for the float32 master weights."""
+    torch.manual_seed(2)
+    hidden = torch.randn(70, 32, requires_grad=True)
+    weight = (0.5 * torch.randn(300, 32)).requires_grad_()
+    targets = torch.randint(0, 300, (70,))
+    targets[::9] = -1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_cross_entropy(hidden, weight, targets, chunk_tokens=32)
+    loss.backward()
+    h64 = hidden.detach().bfloat16().double().requires_grad_()
+    w64 = weight.detach().bfloat16().double().requires_grad_()
+    ref = F.cross_entropy(h64 @ w64.t(), targets, ignore_index=-1)
+    ref.backward()
+    assert loss.dtype == hidden.grad.dtype == weight.grad.dtype == torch.float32
+    # the logits are rounded to bf16 (relative 2^-9): the mean loss moves by far less than 0.01
+    assert abs(loss.item() - ref.item()) < 5e-3
+    for got, want in ((hidden.grad, h64.grad), (weight.grad, w64.grad)):
+        assert ((got.double() - want).norm() / want.norm()).item() < 2e-2
+    assert hidden.grad[::9].abs().max() == 0  # ignored positions get no gradient
 
 
 def test_token_losses_are_per_position_nll():

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_RUN
+from noisylm import runtime
 from noisylm.cli import main
 from noisylm.errors import NoisyLMError, UsageError
 from noisylm.training import TrainConfig, load_config, parse_overrides, train
@@ -181,10 +182,42 @@ def test_learning_rate_schedule_is_warmup_then_cosine():
     assert learning_rate(80, cfg) == 1.0
 
 
-def test_bf16_autocast_trains(tmp_path, shakespeare_bytes):
-    summary = train(config(shakespeare_bytes, dtype="bfloat16", max_iters=3), tmp_path / "bf16")
-    assert math.isfinite(summary["train_loss"])
-    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+def test_bf16_autocast_trains_like_fp32(tmp_path, shakespeare_bytes, tiny_run):
+    """bf16 autocast on CPU (fp32 master weights and AdamW state) against the fp32 run of the same
+    config, seed and windows (`tiny_run`): finite losses that follow fp32's within bf16's rounding."""
+    summary = train(config(shakespeare_bytes, dtype="bfloat16"), tmp_path / "bf16")
+    record = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert (record["dtype"], record["dtype_reason"]) == ("bfloat16", "set in the config")
+    bf16, fp32 = train_losses(tmp_path / "bf16"), train_losses(tiny_run)
+    assert all(math.isfinite(v) for v in bf16.values()) and bf16.keys() == fp32.keys()
+    assert fp32[30] < fp32[1] - 1.0  # it learned, and bf16 with it:
+    assert max(abs(bf16[i] - fp32[i]) for i in fp32) < 0.1  # lr 3e-3 on 128-token batches: noisy steps
+    assert abs(sum(bf16[i] - fp32[i] for i in range(21, 31)) / 10) < 0.02
+    fp32_eval = json.loads((tiny_run / "summary.json").read_text())["eval"]
+    assert summary["eval"]["val"] == pytest.approx(fp32_eval["val"], abs=0.05)
+    weights = load_file(str(tmp_path / "bf16" / "checkpoints" / "ckpt-0000030" / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    "flags, dtype", [(runtime.AMX_BF16_FLAGS | {"avx512_bf16"}, "bfloat16"), ({"avx512_bf16"}, "float32")]
+)
+def test_auto_records_its_choice_and_a_resume_keeps_it(
+    tmp_path, shakespeare_bytes, monkeypatch, flags, dtype
+):
+    """`auto` on CPU: the dtype the CPU's flags call for and the reason, in config.json; a resume on a
+    CPU with other flags keeps the dtype the run started with (its checkpoint records it)."""
+    run = tmp_path / "run"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
+    train(config(shakespeare_bytes, dtype="auto", max_iters=2, checkpoint_interval=2), run)
+    record = json.loads((run / "config.json").read_text())
+    assert record["dtype"] == dtype and record["dtype_reason"].startswith(f"auto: {dtype}, the CPU has")
+    other = frozenset() if dtype == "bfloat16" else runtime.AMX_BF16_FLAGS
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: other)  # "another machine"
+    train(config(shakespeare_bytes, dtype="auto", max_iters=4, checkpoint_interval=2), run, resume=True)
+    record = json.loads((run / "config.json").read_text())
+    assert record["dtype"] == dtype and "as when this run started" in record["dtype_reason"]
+    assert sorted(train_losses(run)) == [1, 2, 3, 4]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -400,6 +433,7 @@ def test_known_bug_no_nan_checkpoint_and_an_honest_message(tmp_path, shakespeare
     args = ["train", "--data", str(shakespeare_bytes), "--model", "tiny", "--learning-rate", "1e4"]
     args += ["--grad-clip", "0", "--warmup-iters", "0", "--checkpoint-interval", "2", "--out", str(run)]
     args += ["--batch-size", "4", "--eval-iters", "1", "--threads", "1", "--progress", "false"]
+    args += ["--dtype", "float32"]  # `auto` is bf16 on CPUs with AMX
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "non-finite loss or gradient" in err and "no checkpoint was written" in err

@@ -27,6 +27,7 @@ from noisylm.errors import UsageError
 
 VOCAB_MULTIPLE = 64  # embedding rows are padded to a multiple of this for fast matmuls
 DEFAULT_CE_CHUNK_TOKENS = 512  # positions per chunk in `chunked_cross_entropy`
+CPU_LOW_PRECISION_HEAD_DIM = 64  # smallest head size whose bf16 CPU attention is not slower than fp32
 
 
 @dataclass
@@ -107,9 +108,20 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        if (
+            q.device.type == "cpu"
+            and q.dtype != torch.float32
+            and C // self.n_head < CPU_LOW_PRECISION_HEAD_DIM
+        ):
+            # PyTorch's CPU flash attention is 2-3x slower in bf16 than in fp32 below head size 64
+            # (BENCHMARKS.md): these heads attend in fp32, the projections around them stay in bf16.
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(
+                    q.float(), k.float(), v.float(), dropout_p=dropout_p, is_causal=True
+                )
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -335,8 +347,11 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_tokens, reduction, ignore_index):
         dtype = _compute_dtype(hidden)
+        low = dtype != torch.float32  # bf16/fp16: matmuls in `dtype`, log-softmax and loss in float32
         n_rows, vocab = hidden.size(0), weight.size(0)
-        with torch.autocast(hidden.device.type, enabled=False):
+        rows = min(chunk_tokens, n_rows)
+        device = hidden.device
+        with torch.autocast(device.type, enabled=False):
             h_all = hidden.to(dtype)
             w = weight.to(dtype)
             valid = targets != ignore_index
@@ -347,41 +362,50 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
             grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
             grad_weight = torch.empty_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            loss = torch.zeros((), dtype=torch.float32, device=device)
             # One float32 logits buffer, reused by every chunk (fresh large allocations cost page faults).
-            buffer = torch.empty(min(chunk_tokens, n_rows), vocab, dtype=torch.float32, device=hidden.device)
+            buffer = torch.empty(rows, vocab, dtype=torch.float32, device=device)
+            if low:  # and one of each `dtype` matmul output, for the same reason: no per-chunk tensors
+                logits_low = torch.empty(rows, vocab, dtype=dtype, device=device)  # logits, then gradient
+                grad_weight_low = torch.empty_like(w) if grad_weight is not None else None
+            grad_hidden_low = None  # where the hidden-state gradient is computed when it is not `dtype`
+            if grad_hidden is not None and grad_hidden.dtype != dtype:
+                grad_hidden_low = torch.empty(rows, hidden.size(1), dtype=dtype, device=device)
             for start in range(0, n_rows, chunk_tokens):
                 end = min(start + chunk_tokens, n_rows)
                 h = h_all[start:end]
                 t = safe_targets[start:end, None]
                 logits = buffer[: end - start]
-                if dtype == torch.float32:
-                    torch.mm(h, w.t(), out=logits)
+                if low:
+                    torch.mm(h, w.t(), out=logits_low[: end - start])
+                    logits.copy_(logits_low[: end - start])
                 else:
-                    logits.copy_(h @ w.t())
+                    torch.mm(h, w.t(), out=logits)
                 # Row-wise fused log-softmax, in place (each row is read before it is written), then
                 # exp: the softmax, without another logits-sized buffer or extra passes over memory.
                 torch.log_softmax(logits, dim=1, out=logits)
                 mask = masks[start:end]
                 row_loss = -logits.gather(1, t) * mask
                 grad_logits = logits.exp_()
-                grad_logits.scatter_add_(1, t, torch.full_like(row_loss, -1.0))  # minus one-hot
+                grad_logits.scatter_add_(1, t, torch.full_like(row_loss, -1.0))  # minus one-hot, in float32
                 loss += row_loss.sum()
-                grad_logits = grad_logits.to(dtype)
+                if low:  # the one rounding of the gradient, into the buffer its logits came from
+                    grad_logits = logits_low[: end - start].copy_(grad_logits)
                 if grad_hidden is not None:
-                    if grad_hidden.dtype == dtype:
-                        torch.mm(grad_logits, w, out=grad_hidden[start:end])
+                    rows_out = grad_hidden[start:end]
+                    if grad_hidden_low is None:
+                        torch.mm(grad_logits, w, out=rows_out)
                     else:
-                        grad_hidden[start:end] = grad_logits @ w
-                    grad_hidden[start:end].mul_(mask)
+                        rows_out.copy_(torch.mm(grad_logits, w, out=grad_hidden_low[: end - start]))
+                    rows_out.mul_(mask)
                 if grad_weight is not None:
                     h = h * mask  # ignored rows add nothing to the output layer's gradient
-                    if dtype != torch.float32:
-                        update = (grad_logits.t() @ h).float()
+                    if low:  # accumulated in float32 (fp32 master weights), added without a cast copy
+                        torch.mm(grad_logits.t(), h, out=grad_weight_low)
                         if start == 0:
-                            grad_weight.copy_(update)
+                            grad_weight.copy_(grad_weight_low)
                         else:
-                            grad_weight.add_(update)
+                            grad_weight.add_(grad_weight_low)
                     elif start == 0:
                         torch.mm(grad_logits.t(), h, out=grad_weight)
                     else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -79,20 +79,68 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """ "auto" → bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU (bf16 autocast
-    is not faster than fp32 on CPUs without AMX, see BENCHMARKS.md)."""
+# What `dtype = "auto"` needs from a CPU for bf16 autocast to be the faster choice: AMX's bf16 tile
+# units, which oneDNN's bf16 matmuls use. Measured (BENCHMARKS.md "Training"): with AMX, bf16 trains
+# at least as fast as fp32 at every size, 1.04x for the 0.1M-parameter `tiny` model, 1.4-1.7x for the demo's
+# and the nanoGPT comparison's, 2.4x for GPT-2 124M; with AVX512-BF16 but no AMX (oneDNN kept to
+# avx512_core_bf16 on the same CPU) it trains at 0.6-0.8x fp32, so fp32 stays the choice there and on
+# every other CPU. (torch.backends.cpu.get_cpu_capability() says "AVX512" on AMX CPUs: no use here.)
+AMX_BF16_FLAGS = frozenset({"amx_tile", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as Linux names them (the ``flags`` line of ``/proc/cpuinfo``). Without
+    that file (macOS, Windows), the two AMX flags when PyTorch's cpuinfo finds AMX tiles, else none."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, hence the guard
+    return AMX_BF16_FLAGS if amx is not None and amx() else frozenset()
+
+
+def auto_cpu_dtype(flags: Iterable[str], onednn: bool = True) -> tuple[torch.dtype, str]:
+    """The dtype `auto` trains in on a CPU with these feature flags, and why, in one line. A function
+    of the flags alone (nothing is timed), so a config resolves the same way on every run on a machine.
+    bfloat16 needs AMX (``amx_tile`` and ``amx_bf16``) and PyTorch built with oneDNN, which runs bf16
+    matmuls on it; AVX512-BF16 alone makes bf16 slower than fp32 (see AMX_BF16_FLAGS)."""
+    flags = frozenset(flags)
+    if flags >= AMX_BF16_FLAGS and onednn:
+        return (
+            torch.bfloat16,
+            "auto: bfloat16, the CPU has AMX (amx_tile, amx_bf16), bf16 trains faster there",
+        )
+    if flags >= AMX_BF16_FLAGS:
+        return torch.float32, "auto: float32, the CPU has AMX but this PyTorch has no oneDNN to use it"
+    if "avx512_bf16" in flags:
+        return torch.float32, "auto: float32, the CPU has AVX512-BF16 but no AMX, bf16 trains slower there"
+    return torch.float32, "auto: float32, the CPU has no AMX, bf16 trains slower there"
+
+
+def choose_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """`resolve_dtype` with the reason for its answer, one line for a run's config.json."""
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu" and torch.backends.cpu.get_cpu_capability() == "AMX":
-            return torch.bfloat16
-        return torch.float32
+            if torch.cuda.is_bf16_supported():
+                return torch.bfloat16, "auto: bfloat16, the GPU supports it"
+            return torch.float16, "auto: float16 with a grad scaler, the GPU has no bfloat16"
+        if device.type == "cpu":
+            return auto_cpu_dtype(cpu_flags(), torch.backends.mkldnn.is_available())
+        return torch.float32, f"auto: float32 on {device.type}"
     if name not in _DTYPES:
         raise UsageError(f"dtype {name!r} is not valid; use auto, float32, bfloat16 or float16")
     if name == "float16" and device.type == "cpu":
         raise UsageError("dtype float16 needs a GPU; on CPU use bfloat16 or float32")
-    return _DTYPES[name]
+    return _DTYPES[name], "set in the config"
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """ "auto" → bfloat16 on GPUs that support it, float16 on older GPUs; on CPUs bfloat16 with AMX,
+    else float32 (`auto_cpu_dtype`). Other names as written; float16 only on GPUs."""
+    return choose_dtype(name, device)[0]
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

@@ -103,8 +103,10 @@ class TrainConfig:
     device: str = setting("auto", "`auto` (cuda if available, else cpu), `cpu`, `cuda`, `cuda:N` or `mps`")
     dtype: str = setting(
         "auto",
-        "`auto` = bfloat16 autocast on GPUs that support it and on CPUs with AMX, float16 with a grad "
-        "scaler on older GPUs, else float32; or `float32`, `bfloat16` (autocast), `float16` (GPU)",
+        "`auto` = bfloat16 autocast on GPUs that support it and on CPUs with AMX (flags `amx_tile`, "
+        "`amx_bf16`; without AMX bf16 trains slower than fp32), float16 with a grad scaler on older GPUs, "
+        "else float32; config.json records the choice and why (`dtype_reason`), a resumed run keeps it; "
+        "or `float32`, `bfloat16` (autocast), `float16` (GPU)",
         one_of(DTYPES),
     )
     compile: bool | str = setting(

@@ -32,6 +32,7 @@ from noisylm.model import GPT, GPTConfig
 from noisylm.runtime import (
     Distributed,
     autocast_context,
+    choose_dtype,
     init_distributed,
     resolve_device,
     resolve_dtype,
@@ -195,7 +196,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dd
     device = resolve_device(config.device, ddp.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dtype = resolve_dtype(config.dtype, device)
+    dtype, dtype_reason = choose_dtype(config.dtype, device)
     if config.threads is not None and device.type == "cpu":
         torch.set_num_threads(config.threads)
     compile_model = resolve_compile(config.compile, device)
@@ -230,6 +231,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dd
     state: dict[str, Any] = {}
     if resume_from is not None:
         state = ckpt_io.read_trainer_state(resume_from)
+        if config.dtype == "auto" and state.get("dtype"):
+            # `auto` resolved when the run started; a resume on another CPU or GPU keeps that dtype,
+            # so the run goes on computing as it began
+            dtype = resolve_dtype(state["dtype"], device)
+            dtype_reason = f"auto: {state['dtype']}, as when this run started (its checkpoint records it)"
         if not ckpt_io.is_sharded(resume_from):
             if sharded:
                 raise NoisyLMError(
@@ -290,6 +296,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dd
             "parallelism": config.parallelism if ddp.world > 1 or sharded else "single",
             "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),
+            "dtype_reason": dtype_reason,
             "compile": compile_model,
             "tokens_per_iter": config.batch_size * config.grad_accum * model_config.block_size,
             "num_params": num_params,
@@ -489,6 +496,7 @@ class _Loop:
                 "path": str(shards.path),
             },
             "train": self.config.to_dict(),
+            "dtype": str(self.dtype).removeprefix("torch."),  # what `auto` resolved to, kept on resume
             "eval": self.last_eval,
             **extra,
         }
