@@ -46,9 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents for validation")
     p.add_argument("--seed", type=int, default=0, help="seeds the validation assignment")
-    p.add_argument(
-        "--num-proc", type=int, default=1, help="tokenizer workers (threads for gpt2, else processes)"
-    )
+    p.add_argument("--num-proc", type=int, default=1, help="tokenizer processes")
     p.add_argument("--doc-separator", help="split text files into documents at this literal string")
     p.add_argument("--text-field", default="text", help="JSONL field that holds the text")
     p.add_argument("--max-documents", type=int, help="stop after this many documents")

@@ -1,11 +1,13 @@
 """Text → token shards (`noisylm prepare`), and `merge` for shard sets prepared in parts.
 
 The main process reads the inputs as a stream of bounded pieces (`corpora.iter_pieces`), assigns
-each document to a split, and hands batches of about 1 M characters to ``num_proc`` workers that
-tokenize them (threads for GPT-2, whose tiktoken encodes a batch in one call without the GIL;
-processes for the other tokenizers); it writes the ids in input order, each document followed by the
+each document to a split, and hands batches of about 1 M characters to ``num_proc`` worker processes
+that tokenize them (the whole documents of a batch in one tokenizer call where the tokenizer allows:
+`Tokenizer.encode_documents`); it writes the ids in input order, each document followed by the
 end-of-text id (nanoGPT's format), hashing them as it writes. At most ``2 * num_proc + 2`` batches are
-in flight, so memory stays bounded (tens of MB) whatever the corpus size.
+in flight, so memory stays bounded (tens of MB) whatever the corpus size. (Threads instead of processes
+were measured for GPT-2, whose tiktoken releases the GIL: on the 2-core machine two threads used ~40%
+more CPU than two processes for the same ids, so processes stay.)
 
 Validation split: documents, chosen by systematic sampling with a seeded offset: document ``i``
 (counted over the whole input, in order) is a validation document when
@@ -32,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,10 +57,6 @@ from noisylm.data.tokenizers import (
 from noisylm.errors import NoisyLMError, UsageError
 
 BATCH_CHARS = 1 << 20
-# Tokenizers that encode a whole batch without holding the GIL (tiktoken: `encode_documents` is one
-# native call). With --num-proc N they run on N threads of this process: no worker start-up, nothing
-# pickled. The others (bytes, a trained BPE, which holds the GIL per text) run in N processes.
-THREADED_TOKENIZERS = frozenset({"gpt2"})
 
 
 @dataclass
@@ -71,7 +69,7 @@ class PrepareConfig:
                     ids); its name replaces ``tokenizer``
     val_fraction:   share of documents in the validation split, in [0, 1)
     seed:           seeds the validation assignment (see module docstring)
-    num_proc:       tokenizer workers: threads for gpt2, processes otherwise (1 = in this thread)
+    num_proc:       tokenizer processes (1 = tokenize in this process)
     doc_separator:  split text files into documents at this literal string (None: one per file)
     text_field:     the field of JSONL records that holds the text
     max_documents:  stop after this many documents (over the whole input; None: all)
@@ -371,33 +369,22 @@ def _tokenize_into(
             for batch, chars in batches:
                 write(_encode_batch(spec, batch), chars)
             return
-        _worker_tokenizer(spec)  # build once here; threads share it, forked workers inherit it
-        pool: Executor
-        if spec in THREADED_TOKENIZERS:
-            pool = ThreadPoolExecutor(max_workers=cfg.num_proc, thread_name_prefix="prepare-tokenizer")
-            task, first = _encode_batch, (spec,)
-        else:
-            pool = ProcessPoolExecutor(
-                max_workers=cfg.num_proc,
-                mp_context=_mp_context(),
-                initializer=_start_worker,
-                initargs=(os.getpid(), spec),
-            )
-            task, first = _encode_in_worker, ()
+        _worker_tokenizer(spec)  # build once here; forked workers inherit it
         in_flight: collections.deque[tuple[Future, int]] = collections.deque()
-        with pool:
-            try:
-                for batch, chars in batches:
-                    in_flight.append((pool.submit(task, *first, batch), chars))
-                    if len(in_flight) >= 2 * cfg.num_proc + 2:
-                        future, n = in_flight.popleft()
-                        write(future.result(), n)
-                while in_flight:
+        with ProcessPoolExecutor(
+            max_workers=cfg.num_proc,
+            mp_context=_mp_context(),
+            initializer=_start_worker,
+            initargs=(os.getpid(), spec),
+        ) as pool:
+            for batch, chars in batches:
+                in_flight.append((pool.submit(_encode_in_worker, batch), chars))
+                if len(in_flight) >= 2 * cfg.num_proc + 2:
                     future, n = in_flight.popleft()
                     write(future.result(), n)
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)  # do not tokenize the queued batches
-                raise
+            while in_flight:
+                future, n = in_flight.popleft()
+                write(future.result(), n)
     finally:
         bar.close()
 
