@@ -252,21 +252,16 @@ def test_bad_config_values():
         ProbeConfig(heads=("linear", "mlp"), init_head="h0.safetensors")
 
 
+def _quick_cli_args(cache, out, seeds: int) -> list[str]:
+    """`noisylm probe` on one cache: linear head, 2 epochs at one lr and batch size, no figure."""
+    return ["probe", str(cache), "--out", str(out), "--heads", "linear", "--preset", "quick",
+            "--epochs", "2", "--lr", "0.01", "--batch-size", "64", "--seeds", str(seeds),
+            "--no-figure6", "--no-progress"]  # fmt: skip
+
+
 def test_cli_probe(digits_cache, tmp_path, capsys):
     out = tmp_path / "cli"
-    args = ["probe", str(digits_cache), "--out", str(out), "--heads", "linear", "--preset", "quick"]
-    args += [
-        "--epochs",
-        "2",
-        "--lr",
-        "0.01",
-        "--batch-size",
-        "64",
-        "--seeds",
-        "2",
-        "--no-figure6",
-        "--no-progress",
-    ]
+    args = _quick_cli_args(digits_cache, out, seeds=2)
     assert main([*args, "--sensitivity", "paper"]) == 0
     assert "pixels / digits / linear / lgm: test accuracy" in capsys.readouterr().out
     assert "γ=0.001 λ=0.001" in (out / "table_sensitivity.md").read_text()
@@ -865,19 +860,7 @@ def test_feature_noise_probe_at_zero_equals_the_clean_probe_and_plots_accuracy_a
 
 def test_cli_gamma_scale_feature_noise_and_paired_lines(digits_cache, tmp_path, capsys):
     out = tmp_path / "cli"
-    args = ["probe", str(digits_cache), "--out", str(out), "--heads", "linear", "--preset", "quick"]
-    args += [
-        "--epochs",
-        "2",
-        "--lr",
-        "0.01",
-        "--batch-size",
-        "64",
-        "--seeds",
-        "6",
-        "--no-figure6",
-        "--no-progress",
-    ]
+    args = _quick_cli_args(digits_cache, out, seeds=6)
     good = [*args, "--gamma-scale", "feature-std", "--feature-noise", "0,0.5"]
     assert main(good) == 0
     printed = capsys.readouterr().out
