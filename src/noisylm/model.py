@@ -159,6 +159,8 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.ce_chunk_tokens = DEFAULT_CE_CHUNK_TOKENS
+        # Eager; `compile_gpt` swaps in the torch.compiler-disabled version (see there for why).
+        self.cross_entropy = chunked_cross_entropy
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
@@ -213,7 +215,7 @@ class GPT(nn.Module):
         x = self.hidden_states(idx)
         if targets is None:  # generation: only the last position's logits are needed
             return F.linear(x[:, [-1], :], self.output_weight), None
-        loss = chunked_cross_entropy(
+        loss = self.cross_entropy(
             x.reshape(-1, x.size(-1)), self.output_weight, targets.reshape(-1), self.ce_chunk_tokens
         )
         return None, loss
@@ -289,7 +291,15 @@ def _fused_adamw_supported(device: torch.device) -> bool:
 # Chunked cross-entropy: the output layer without the full logits matrix.
 
 
-@torch.compiler.disable  # a Python loop over chunks: torch.compile compiles the blocks, this runs eagerly
+def compile_gpt(model: GPT) -> nn.Module:
+    """``torch.compile(model)`` with the chunked output layer left eager (a Python loop over chunks:
+    the compiler takes the blocks). The disabling is applied here, not as a decorator, because
+    ``torch.compiler.disable`` imports torch._dynamo, ~2 s of every process's start-up on CPU, and
+    most processes (a demo run, evaluation, extraction) never compile."""
+    model.cross_entropy = torch.compiler.disable(chunked_cross_entropy)
+    return torch.compile(model)
+
+
 def chunked_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from noisylm.artifacts import atomic_write_json, provenance, read_json
 from noisylm.data.shards import ShardSet
 from noisylm.errors import NoisyLMError, UsageError
-from noisylm.model import GPT, GPTConfig
+from noisylm.model import GPT, GPTConfig, compile_gpt
 from noisylm.runtime import (
     Distributed,
     autocast_context,
@@ -319,7 +319,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dd
     if ddp.world > 1:
         dist.barrier()
 
-    compiled = torch.compile(model) if compile_model and not sharded else model
+    compiled = compile_gpt(model) if compile_model and not sharded else model
     if ddp.world > 1 and not sharded:
         from torch.nn.parallel import DistributedDataParallel
 
