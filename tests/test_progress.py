@@ -55,6 +55,9 @@ def test_log_lines_are_plain_and_rate_limited(tmp_path):
     first = next(line for line in lines if "iter 100/200" in line)
     # ETA = remaining iterations x tokens per iteration / tokens per second = 100 x 512 / 1000 s.
     assert "(50%)" in first and "loss 2.0000" in first and "1,000 tok/s" in first and "ETA 0m51s" in first
+    closing = [line for line in lines if "finished at iter" in line]
+    # The first closing line counts the other run's share too (it is at 200/200 as well).
+    assert closing[0].endswith("sweep 1/2 runs done, 100%")
     assert lines[-1].endswith("sweep 2/2 runs done, 100%")
 
 

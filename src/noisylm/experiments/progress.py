@@ -151,7 +151,8 @@ class SweepProgress:
             self.done_runs += 1
             if entry is not None and not self.terminal:
                 run = read_progress(name, *entry)
-                whole = self.done_runs / self.total_runs if self.total_runs else 1.0
+                others = [read_progress(other, *where) for other, where in self._active.items()]
+                whole = self.sweep_fraction(others)  # the runs still going count their share
                 self.stream.write(
                     f"[progress] {name}: {status} at iter {run.iter}/{run.total} | sweep "
                     f"{self.done_runs}/{self.total_runs} runs done, {whole:.0%}\n"
