@@ -54,19 +54,23 @@ def test_bad_downstream_settings():
         SweepConfig(data="x", downstream={"seed": 1})
 
 
-@pytest.fixture(scope="module")
-def probed_sweep(tmp_path_factory, shakespeare_bytes):
+def _down_config(corpus: Path, parallel: int = 1) -> SweepConfig:
     from sweep_fixtures import TINY_TRAIN
 
-    config = SweepConfig(
+    return SweepConfig(
         name="down",
-        data=str(shakespeare_bytes),
+        data=str(corpus),
         noise=[{"kind": "uniform", "alphas": [0.2]}],
         train={**TINY_TRAIN, "max_iters": 8},
         downstream={"seeds": 2, "epochs": 2, "max_train": 500, "max_test": 120, "max_length": 64},
+        parallel=parallel,
     )
+
+
+@pytest.fixture(scope="module")
+def probed_sweep(tmp_path_factory, shakespeare_bytes):
     out = tmp_path_factory.mktemp("down") / "sweep"
-    summary = sweep(config, out)
+    summary = sweep(_down_config(shakespeare_bytes), out)
     return out, summary["downstream"]
 
 
@@ -147,6 +151,17 @@ def test_two_workers_give_the_same_tables(probed_sweep, tmp_path):
     shutil.copytree(probed_sweep[0], copy)
     shutil.rmtree(copy / "downstream")  # features and probes made again, two runs at once
     result = downstream_stage(copy, jobs=2, log=False)
+    assert result["accuracies"] == probed_sweep[1]["accuracies"]
+    assert result["table1"] == probed_sweep[1]["table1"]
+    assert result["differences"] == probed_sweep[1]["differences"]
+
+
+def test_a_parallel_sweep_probes_while_it_trains_with_the_same_tables(
+    probed_sweep, tmp_path, shakespeare_bytes, capsys
+):
+    # Two worker processes train the runs; each run's probes are queued as soon as it has trained.
+    result = sweep(_down_config(shakespeare_bytes, parallel=2), tmp_path / "sweep")["downstream"]
+    assert capsys.readouterr().err.count("(while the sweep trained)") == 2  # both runs, none after
     assert result["accuracies"] == probed_sweep[1]["accuracies"]
     assert result["table1"] == probed_sweep[1]["table1"]
     assert result["differences"] == probed_sweep[1]["differences"]

@@ -43,7 +43,7 @@ def test_presets_load_with_the_papers_grid():
     demo = load_sweep_config("demo")  # the measured paper regime at demo scale: 3 paired replicates
     assert (demo.tokenizer, demo.replicates, demo.train["batch_size"]) == ("bpe:2048", 3, 128)
     assert demo.data == "shakespeare" and "python-docs" in demo.domains and demo.downstream is not None
-    assert demo.train["dtype"] == "float32"  # pinned: speed work on "auto" cannot move its numbers
+    assert demo.train["dtype"] == "bfloat16"  # pinned, not "auto": the dtype does not depend on the CPU
     assert load_sweep_config("demo-bytes").tokenizer == "bytes"
     paper = load_sweep_config("paper-124m")
     # App. D.2: 16 x 40 x 1024 tokens per iteration, 300k iterations, lr 6e-4 -> 6e-5.
@@ -355,9 +355,11 @@ def test_print_commands_prepare_runnable_jobs(
     assert capsys.readouterr().out.splitlines() == commands[1:]
 
 
-def test_failed_runs_are_recorded_and_skipped(tmp_path, tiny_config, capsys):
+@pytest.mark.parametrize("parallel", [1, 2])  # 2: the trainer's error comes back from a worker process
+def test_failed_runs_are_recorded_and_skipped(tmp_path, tiny_config, capsys, parallel):
     config = tiny_config()
     config.noise = config.noise[:1]
+    config.parallel = parallel
     config.train["vocab_size"] = 1000  # does not match the byte-level shards: every run fails
     out = tmp_path / "sweep"
     summary = sweep(config, out)
@@ -382,7 +384,7 @@ def test_bundled_domain_is_tokenized_like_the_clean_shards(tmp_path, shakespeare
 
 def test_parallel_runs_give_the_same_numbers(finished_sweep, tmp_path, tiny_config):
     config = tiny_config()
-    config.parallel = 2  # two `noisylm train` processes at a time, one thread each (as the fixture)
+    config.parallel = 2  # two worker processes, one run each at a time, one thread each (as the fixture)
     summary = sweep(config, tmp_path / "sweep")
     assert summary["counts"]["finished"] == len(RUNS)
     reference = json.loads((finished_sweep / "summary.json").read_text())

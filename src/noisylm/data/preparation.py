@@ -22,17 +22,12 @@ split assignment as an unsharded run); `merge` concatenates shard sets in the or
 from __future__ import annotations
 
 import collections
-import contextlib
-import ctypes
 import functools
 import hashlib
 import math
 import multiprocessing
 import os
-import signal
 import sys
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -55,6 +50,7 @@ from noisylm.data.tokenizers import (
     train_bpe,
 )
 from noisylm.errors import NoisyLMError, UsageError
+from noisylm.workers import exit_with_parent
 
 BATCH_CHARS = 1 << 20
 
@@ -319,31 +315,12 @@ def _start_worker(parent_pid: int, spec: str) -> None:
     much to send with every batch) and die with `prepare`."""
     global _WORKER_SPEC
     _WORKER_SPEC = spec
-    _exit_with_parent(parent_pid)
+    exit_with_parent(parent_pid)
 
 
 def _encode_in_worker(batch: list[tuple[str, bool, bool]]) -> tuple[np.ndarray, np.ndarray, int, int]:
     assert _WORKER_SPEC is not None, "tokenizer worker started without _start_worker"
     return _encode_batch(_WORKER_SPEC, batch)
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Tokenizer worker initializer: die with `prepare`. A parent killed outright (SIGKILL) cannot shut
-    its pool down, and its workers would sleep on their task queue forever."""
-    if sys.platform == "linux":
-        # the kernel sends SIGKILL when the parent exits; prctl(PR_SET_PDEATHSIG = 1, SIGKILL)
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before that took effect
-        os._exit(1)
-    # Everywhere (and in case the forking thread, not the process, is what the kernel watches): poll.
-    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
-
-
-def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
-    while os.getppid() == parent_pid:  # an orphan is re-parented, so its parent pid changes
-        time.sleep(interval)
-    os._exit(1)
 
 
 def _tokenize_into(

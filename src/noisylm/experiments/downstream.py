@@ -20,10 +20,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import threading
+from concurrent.futures import Executor, Future, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from noisylm.errors import NoisyLMError
 from noisylm.experiments.config import DownstreamConfig
 from noisylm.experiments.replicates import paired_interval
 from noisylm.experiments.rundir import SweepDir, SweepRun
+from noisylm.workers import sigint_blocked, worker_pool
 
 DOWNSTREAM_FORMAT = "noisylm-downstream/1"
 TRAINED_ON_NOTE = (
@@ -48,43 +49,43 @@ def downstream_stage(
     *,
     log: bool = True,
     jobs: int | None = None,
+    done: dict[str, Accuracies] | None = None,
 ) -> dict[str, Any]:
     """Extract, probe and tabulate every selected finished run of ``sweep_dir``; return (and write to
     ``downstream/downstream.json``) the tables. ``config``: None = the sweep config's ``[downstream]``
     section (or the defaults when it has none). ``jobs``: runs processed at once, each in its own
-    process with one thread; None = the sweep's ``parallel`` (the results do not depend on it)."""
-    from noisylm.probing.datasets import load_dataset
-
+    process with one thread; None = the sweep's ``parallel`` (the results do not depend on it).
+    ``done``: runs already probed with this config while the sweep trained (`EarlyProbes`)."""
     sweep = SweepDir.open(sweep_dir)
     if config is None:
         values = sweep.config.get("downstream")
         config = DownstreamConfig(**values) if isinstance(values, dict) else DownstreamConfig()
-    selected = [r for r in sweep.runs if not config.runs or r.point in config.runs or r.name in config.runs]
+    selected = [r for r in sweep.runs if _selected(r, config)]
     runs = [r for r in selected if r.status == "finished"]
     skipped = [r.name for r in selected if r.status != "finished"]
     if not runs:
         raise NoisyLMError(f"no finished run in {sweep.path} to probe; run or resume the sweep first")
     out = sweep.path / "downstream"
-    data = load_dataset(
-        config.dataset, seed=config.split_seed, max_train=config.max_train, max_test=config.max_test
-    )
+    data = _load_task(config)
     if jobs is None:
         jobs = int(sweep.config.get("parallel") or 1)
-    accuracies: dict[str, dict[tuple[str, str], dict[int, float]]] = {}
-    tasks = [(run, data, out / "features" / run.name, out / "probe" / run.name, config) for run in runs]
-    if jobs <= 1 or len(runs) == 1:
-        for index, task in enumerate(tasks, 1):
+    accuracies = {run.name: done[run.name] for run in runs if done and run.name in done}
+    for index, name in enumerate(accuracies, 1):
+        _log_done(log, index, len(runs), f"{name} (while the sweep trained)")
+    tasks = [_task(run, data, out, config) for run in runs if run.name not in accuracies]
+    if jobs <= 1 or len(tasks) <= 1:
+        for task in tasks:
             accuracies[task[0].name] = _features_and_probe(*task)
-            _log_done(log, index, len(runs), task[0].name)
-    else:
-        # Spawned workers (torch and fork do not mix) with one thread each: both cores of a small CPU.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context, initializer=_one_thread) as pool:
-            futures = {pool.submit(_features_and_probe, *task): task[0].name for task in tasks}
-            for index, future in enumerate(as_completed(futures), 1):
+            _log_done(log, len(accuracies), len(runs), task[0].name)
+    elif tasks:
+        # Spawned workers with one thread each: both cores of a small CPU.
+        with worker_pool(min(jobs, len(tasks)), threads=1) as pool:
+            with sigint_blocked():
+                futures = {pool.submit(_features_and_probe, *task): task[0].name for task in tasks}
+            for future in as_completed(futures):
                 accuracies[futures[future]] = future.result()
-                _log_done(log, index, len(runs), futures[future])
-        accuracies = {run.name: accuracies[run.name] for run in runs}  # the runs' order, not finishing order
+                _log_done(log, len(accuracies), len(runs), futures[future])
+    accuracies = {run.name: accuracies[run.name] for run in runs}  # the runs' order, not finishing order
     majority = float(np.bincount(data.splits["test"].labels).max() / len(data.splits["test"]))
     result = {
         "format": DOWNSTREAM_FORMAT,
@@ -112,10 +113,51 @@ def downstream_stage(
     return result
 
 
-def _one_thread() -> None:
-    import torch
+Accuracies = dict[tuple[str, str], dict[int, float]]  # (head, loss) -> probe seed -> test accuracy %
 
-    torch.set_num_threads(1)
+
+class EarlyProbes:
+    """A sweep's downstream work, started in its worker processes as soon as each selected run has
+    trained, so that a core which would wait for the last training runs probes instead.
+    `run_finished` (from any thread) submits a run's features and probes; `results` waits for them,
+    for `downstream_stage`'s ``done``. The numbers are those of the stage run afterwards: the same
+    task, one thread a process, the same settings."""
+
+    def __init__(self, sweep_dir: Path, config: DownstreamConfig, workers: Executor) -> None:
+        self.sweep_dir, self.config, self.workers = Path(sweep_dir), config, workers
+        self._data: Any = None
+        self._futures: dict[str, Future] = {}
+        self._lock = threading.Lock()
+
+    def run_finished(self, name: str) -> None:
+        run = next((r for r in SweepDir.open(self.sweep_dir).runs if r.name == name), None)
+        if run is None or run.status != "finished" or not _selected(run, self.config):
+            return
+        with self._lock:
+            if self._data is None:
+                self._data = _load_task(self.config)
+            task = _task(run, self._data, self.sweep_dir / "downstream", self.config)
+            with sigint_blocked():
+                self._futures[name] = self.workers.submit(_features_and_probe, *task)
+
+    def results(self) -> dict[str, Accuracies]:
+        return {name: future.result() for name, future in self._futures.items()}
+
+
+def _selected(run: SweepRun, config: DownstreamConfig) -> bool:
+    return not config.runs or run.point in config.runs or run.name in config.runs
+
+
+def _load_task(config: DownstreamConfig) -> Any:
+    from noisylm.probing.datasets import load_dataset
+
+    return load_dataset(
+        config.dataset, seed=config.split_seed, max_train=config.max_train, max_test=config.max_test
+    )
+
+
+def _task(run: SweepRun, data: Any, out: Path, config: DownstreamConfig) -> tuple:
+    return (run, data, out / "features" / run.name, out / "probe" / run.name, config)
 
 
 def _log_done(log: bool, index: int, total: int, name: str) -> None:

@@ -22,6 +22,8 @@ import shlex
 import subprocess
 import sys
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from noisylm.experiments.plan import (
 )
 from noisylm.experiments.progress import SweepProgress
 from noisylm.experiments.summary import write_summary
+from noisylm.workers import sigint_blocked, worker_pool
 
 
 def sweep(
@@ -136,25 +139,53 @@ def sweep(
     show = bool(config.train.get("progress", True)) if progress is None else progress
     monitor = SweepProgress(len(jobs)) if show and jobs else None
     with monitor or contextlib.nullcontext():
+        probed: dict[str, Any] = {}  # downstream work done while the sweep trained (parallel only)
         if config.parallel > 1 and len(jobs) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=config.parallel) as pool:
-                list(
-                    pool.map(lambda job: _run_job(config, out, *job, in_process=False, monitor=monitor), jobs)
-                )
+            probed = _run_parallel(config, out, jobs, monitor)
         else:
             for job in jobs:
-                _run_job(config, out, *job, in_process=True, monitor=monitor)
+                _run_job(config, out, *job, monitor=monitor)
     summary = write_summary(out)
     if config.downstream is not None:
         from noisylm.experiments.downstream import downstream_stage
 
-        summary["downstream"] = downstream_stage(out, config.downstream)
+        summary["downstream"] = downstream_stage(out, config.downstream, done=probed)
     return summary
 
 
 _SUMMARY_LOCK = threading.Lock()
+
+
+def _run_parallel(
+    config: SweepConfig, out: Path, jobs: list, monitor: SweepProgress | None
+) -> dict[str, Any]:
+    """``config.parallel`` runs at a time, each in a spawned worker process with one torch thread; the
+    workers are kept for the whole sweep, so a run costs its training, not a fresh interpreter
+    importing torch (4-5 s a run on a small CPU). A thread per worker hands it runs in order. With a
+    ``[downstream]`` stage, each selected run's probes are queued as soon as it has trained (so the
+    core left idle by an odd last run probes); returns those results for `downstream_stage`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from noisylm.experiments.downstream import EarlyProbes
+
+    slots = min(config.parallel, len(jobs))
+    threads = ThreadPoolExecutor(max_workers=slots)
+    try:
+        with worker_pool(slots, threads=1) as workers:
+            early = EarlyProbes(out, config.downstream, workers) if config.downstream is not None else None
+
+            def one(job: tuple) -> None:
+                _run_job(config, out, *job, workers=workers, monitor=monitor)
+                if early is not None:
+                    early.run_finished(job[1].name)
+
+            list(threads.map(one, jobs))
+            return early.results() if early is not None else {}
+    except BaseException:  # Ctrl-C or an error: the workers were ended; let the runs in flight say so
+        threads.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        threads.shutdown(wait=True)
 
 
 def _run_job(
@@ -163,7 +194,7 @@ def _run_job(
     label: str,
     run: PlannedRun,
     status: str,
-    in_process: bool,
+    workers: ProcessPoolExecutor | None = None,
     monitor: SweepProgress | None = None,
 ) -> None:
     run_dir = out / run.run_dir
@@ -173,12 +204,12 @@ def _run_job(
         total = int(read_json(out / run.train_config, "run config").get("max_iters", 0) or 0)
         monitor.start(run.name, run_dir, total)
     try:
-        if in_process:
+        if workers is None:
             # The sweep's monitor shows the run; the trainer's own bar would draw a second one.
             quiet = monitor is not None
             _train_one(config, out / run.train_config, run_dir, resume=has_checkpoint(run_dir), quiet=quiet)
         else:
-            _train_subprocess(out / run.train_config, run_dir, resume=has_checkpoint(run_dir))
+            _train_in_worker(workers, out / run.train_config, run_dir, resume=has_checkpoint(run_dir))
         print(f"{label}: {run_status(run_dir)}", file=sys.stderr, flush=True)
     except NoisyLMError as exc:
         _record_failure(run_dir, str(exc))
@@ -369,16 +400,24 @@ def _train_one(
     train(TrainConfig.from_dict(values), run_dir, resume=resume, overwrite=not resume)
 
 
-def _train_subprocess(config_path: Path, run_dir: Path, resume: bool) -> None:
-    """One run as its own single-threaded `noisylm train` process (for ``parallel`` > 1)."""
-    argv = [sys.executable, "-m", "noisylm", "train", str(config_path), "--out", str(run_dir)]
-    argv += ["--resume" if resume else "--overwrite", "--threads", "1", "--progress", "false"]
-    result = subprocess.run(argv, check=False, capture_output=True, text=True)
-    if result.returncode in (1, 2):  # the trainer refused or failed: one line that says why
-        lines = (result.stderr or result.stdout).strip().splitlines() or [f"exit code {result.returncode}"]
-        raise NoisyLMError(lines[-1])
-    if result.returncode != 0:  # killed or interrupted: the run stays resumable
-        raise _Stopped(f"stopped with exit code {result.returncode}; run the sweep again to resume it")
+def _train_in_worker(workers: ProcessPoolExecutor, config_path: Path, run_dir: Path, resume: bool) -> None:
+    """One run in a worker process of the sweep (for ``parallel`` > 1), one thread, no progress bar."""
+    try:
+        with sigint_blocked():  # a worker started here must not take the Ctrl-C meant for the sweep
+            future = workers.submit(_worker_train, str(config_path), str(run_dir), resume)
+        future.result()  # the trainer's NoisyLMError (it refused or failed) is raised here, as it was
+    except (BrokenProcessPool, RuntimeError) as exc:  # a worker died, or the sweep is stopping
+        if isinstance(exc, RuntimeError) and "shutdown" not in str(exc):
+            raise
+        raise _Stopped("stopped (its worker process ended); run the sweep again to resume it") from None
+
+
+def _worker_train(config_path: str, run_dir: str, resume: bool) -> None:
+    from noisylm.training import TrainConfig, train
+
+    values = read_json(Path(config_path), "run config")
+    values |= {"threads": 1, "progress": False}  # two runs on two cores; the sweep shows the progress
+    train(TrainConfig.from_dict(values), Path(run_dir), resume=resume, overwrite=not resume)
 
 
 class _Stopped(Exception):

@@ -10,12 +10,6 @@ another ``jobs``. The workers are started with "spawn", so a script that calls `
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
-import os
-import signal
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -34,6 +28,7 @@ from noisylm.probing.protocol.data import (
     with_feature_noise,
 )
 from noisylm.probing.protocol.training import Task, train_record
+from noisylm.workers import end_pool, sigint_blocked, spawn_pool
 
 _Done = Iterator[tuple[int, dict[str, Any]]]
 
@@ -86,7 +81,8 @@ class WorkerPool:
             from safetensors.torch import save
 
             init_bytes = save(init_state)
-        self._initargs = (threads, str(device), init_bytes, config.feature_noise_seed, os.getpid())
+        self._threads = threads
+        self._initargs = (str(device), init_bytes, config.feature_noise_seed)
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> WorkerPool:
@@ -96,30 +92,16 @@ class WorkerPool:
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        if exc_type is not None:
-            # The runs in flight are abandoned: end their processes rather than wait for them.
-            # ProcessPoolExecutor has no public way to do so before Python 3.14.
-            terminate = getattr(pool, "terminate_workers", None)
-            if terminate is not None:
-                terminate()
-            else:
-                for process in list((getattr(pool, "_processes", None) or {}).values()):
-                    process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        end_pool(pool, abandon=exc_type is not None)
 
     def train(self, todo: list[tuple[int, Task, dict[str, Any]]]) -> _Done:
         """(index, record) of each run of ``todo`` as it finishes, in any order."""
         if not todo:
             return
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.jobs,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init,
-                initargs=self._initargs,
-            )
-        # Workers are started inside `submit`; see `_sigint_blocked`.
-        with _sigint_blocked():
+            self._pool = spawn_pool(self.jobs, self._threads, _worker_init, self._initargs)
+        # Workers are started inside `submit`; see `noisylm.workers.sigint_blocked`.
+        with sigint_blocked():
             futures = {
                 self._pool.submit(
                     _worker_train, self.caches[task.cache], self.fingerprints[task.cache], task, ids
@@ -137,44 +119,17 @@ class WorkerPool:
             ) from None
 
 
-@contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Block SIGINT in this thread while worker processes start: they inherit the blocked signal (a
-    Ctrl-C goes to the whole process group) until `_worker_init` makes them ignore it for good, so that
-    only this process handles a Ctrl-C; one pressed meanwhile reaches this process when the block ends."""
-    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 # The state of a worker process, set by `_worker_init`; caches are loaded on first use and kept.
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(threads: int, device: str, init_head: bytes | None, noise_seed: int, parent: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    torch.set_num_threads(threads)
+def _worker_init(device: str, init_head: bytes | None, noise_seed: int) -> None:
     init_state = None
     if init_head is not None:
         from safetensors.torch import load
 
         init_state = load(init_head)
     _WORKER.update(device=torch.device(device), init_state=init_state, noise_seed=noise_seed, data={})
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-
-
-def _exit_with_parent(parent: int) -> None:
-    # An idle worker would wait for tasks forever once the main process is gone (kill -9): end it.
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
 
 
 def _worker_train(cache: str, fingerprint: str, task: Task, ids: dict[str, Any]) -> dict[str, Any]:
