@@ -61,3 +61,16 @@ def test_demo_runs_the_paper_grid_on_the_bundled_corpora(tmp_path, capsys):
     metrics = (out / "sweep" / "runs" / "clean" / "metrics.jsonl").read_bytes()
     assert main(args) == 0
     assert (out / "sweep" / "runs" / "clean" / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_dtype_note_warns_only_where_the_pinned_bf16_is_the_slow_choice():
+    from noisylm.demo import dtype_note
+    from noisylm.experiments.config import load_sweep_config
+    from noisylm.runtime import AMX_BF16_FLAGS, auto_cpu_dtype
+
+    assert load_sweep_config("demo").train["dtype"] == "bfloat16"  # pinned: the README's numbers
+    no_amx = frozenset({"avx512f", "avx512_bf16"})  # Cooper Lake, Zen 4: bf16 slower than fp32 there
+    assert auto_cpu_dtype(no_amx)[1].startswith("auto: float32")
+    assert "train.dtype=float32" in dtype_note("bfloat16", no_amx)
+    assert dtype_note("bfloat16", AMX_BF16_FLAGS | no_amx) is None
+    assert dtype_note("float32", no_amx) is None

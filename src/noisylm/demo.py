@@ -4,7 +4,7 @@
 
 1. **What** — sweep `demo`: train a BPE of 2,048 ids on the bundled Shakespeare (training domain),
    encode the Python docs (second domain) with it, inject uniform noise at 1%, 5%, 20% and Gaussian
-   noise at 5%, and pre-train one small GPT per corpus with paired sampling, each as 3 paired
+   noise at 20%, and pre-train one small GPT per corpus (bf16) with paired sampling, each as 3 paired
    replicates (the differences come with 95% intervals); then Table 1 at demo scale (probes on each
    run's frozen features, which of the 42 texts a passage comes from, CE vs CE + L_gm), and `report`
    draws Figs. 2, 3, 4, 8, the tables and Table 1 into ``OUT/sweep/report/index.html``.
@@ -50,13 +50,18 @@ def _optional(module_name: str, function: str) -> Callable[..., Any] | None:
 
 def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bool = True) -> Path:
     """Run every demo step into ``out_dir``; return the report folder."""
+    from noisylm.experiments.config import load_sweep_config
     from noisylm.experiments.launch import sweep
     from noisylm.experiments.reporting import report
+    from noisylm.runtime import cpu_flags
 
     out = Path(out_dir)
     sweep_dir = out / "sweep"
     failures: list[str] = []
 
+    note = dtype_note(load_sweep_config("demo", overrides).train.get("dtype", "auto"), cpu_flags())
+    if note:
+        print(f"note: {note}", flush=True)
     start = _step(
         "What: sweep `demo` (prepare the bundled corpora, inject noise, train 5 runs x 3 paired replicates,"
         " then probe their features: Table 1)"
@@ -94,6 +99,20 @@ def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bo
     if failures:
         raise NoisyLMError("demo steps failed: " + "; ".join(failures))
     return report_dir
+
+
+def dtype_note(dtype: str, flags: frozenset[str]) -> str | None:
+    """A line for CPUs where the demo's pinned bfloat16 trains slower than float32 (no AMX: measured in
+    BENCHMARKS.md), with the way out; None where bf16 is the fast choice or the dtype is not bf16."""
+    from noisylm.runtime import AMX_BF16_FLAGS
+
+    if dtype != "bfloat16" or flags >= AMX_BF16_FLAGS:
+        return None
+    return (
+        "this CPU has no AMX, where the demo's bfloat16 (pinned, so that its dtype does not depend on the"
+        " CPU) trains slower than float32; `--set train.dtype=float32` is faster here, with numbers that"
+        " differ slightly from the README's"
+    )
 
 
 def headline(runs_csv: Path) -> list[str]:
