@@ -167,8 +167,8 @@ class SweepConfig:
     nproc_per_node: int = setting(1, "processes per run under torchrun (GPUs per node)", at_least(1))
     parallel: int = setting(
         1,
-        "runs trained at once, each its own single-threaded `noisylm train` process (`inprocess` only): on a "
-        "small CPU two single-threaded runs use two cores better than one two-threaded run",
+        "runs trained at once, each in a single-threaded worker process kept for the sweep (`inprocess` "
+        "only): on a small CPU two single-threaded runs use two cores better than one two-threaded run",
         at_least(1),
     )
     replicates: int = setting(
