@@ -165,3 +165,18 @@ def test_a_parallel_sweep_probes_while_it_trains_with_the_same_tables(
     assert result["accuracies"] == probed_sweep[1]["accuracies"]
     assert result["table1"] == probed_sweep[1]["table1"]
     assert result["differences"] == probed_sweep[1]["differences"]
+
+
+def test_early_probes_leave_the_runs_of_a_dead_worker_to_the_stage(probed_sweep):
+    import os
+    import signal
+
+    from noisylm.experiments.downstream import EarlyProbes
+    from noisylm.workers import worker_pool
+
+    config = DownstreamConfig(seeds=2, epochs=2, max_train=500, max_test=120, max_length=64)
+    with worker_pool(1, threads=1) as pool:
+        os.kill(pool.submit(os.getpid).result(), signal.SIGKILL)  # killed (out of memory, say)
+        early = EarlyProbes(probed_sweep[0], config, pool)
+        early.run_finished("clean")  # no traceback from the broken pool
+        assert early.results() == {}  # `downstream_stage` probes "clean" itself afterwards

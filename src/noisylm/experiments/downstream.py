@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 from concurrent.futures import Executor, Future, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +138,21 @@ class EarlyProbes:
             if self._data is None:
                 self._data = _load_task(self.config)
             task = _task(run, self._data, self.sweep_dir / "downstream", self.config)
-            with sigint_blocked():
-                self._futures[name] = self.workers.submit(_features_and_probe, *task)
+            try:
+                with sigint_blocked():
+                    self._futures[name] = self.workers.submit(_features_and_probe, *task)
+            except BrokenProcessPool:  # a worker died (its runs say so): the stage probes this run later
+                pass
 
     def results(self) -> dict[str, Accuracies]:
-        return {name: future.result() for name, future in self._futures.items()}
+        """The probed runs' accuracies; a run whose worker died is left to `downstream_stage`."""
+        done = {}
+        for name, future in self._futures.items():
+            try:
+                done[name] = future.result()
+            except BrokenProcessPool:
+                continue
+        return done
 
 
 def _selected(run: SweepRun, config: DownstreamConfig) -> bool:
