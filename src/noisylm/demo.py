@@ -59,14 +59,15 @@ def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bo
     sweep_dir = out / "sweep"
     failures: list[str] = []
 
-    note = dtype_note(load_sweep_config("demo", overrides).train.get("dtype", "auto"), cpu_flags())
+    config = load_sweep_config("demo", overrides)
+    note = dtype_note(config.train.get("dtype", "auto"), cpu_flags())
     if note:
         print(f"note: {note}", flush=True)
     start = _step(
         "What: sweep `demo` (prepare the bundled corpora, inject noise, train 5 runs x 3 paired replicates,"
         " then probe their features: Table 1)"
     )
-    summary = sweep("demo", sweep_dir, overrides=overrides)
+    summary = sweep(config, sweep_dir)
     _done(start, f"{sweep_dir / 'summary.md'}")
     if summary["counts"].get("failed"):
         failures.append("sweep: some runs failed (see summary.md)")
@@ -102,11 +103,13 @@ def run_demo(out_dir: str | Path, overrides: list[str] | None = None, extras: bo
 
 
 def dtype_note(dtype: str, flags: frozenset[str]) -> str | None:
-    """A line for CPUs where the demo's pinned bfloat16 trains slower than float32 (no AMX: measured in
-    BENCHMARKS.md), with the way out; None where bf16 is the fast choice or the dtype is not bf16."""
-    from noisylm.runtime import AMX_BF16_FLAGS
+    """A line for CPUs where the demo's pinned bfloat16 trains slower than float32 (where `auto` would not
+    pick it: no AMX, BENCHMARKS.md), with the way out; None where bf16 is the fast choice or not used."""
+    import torch
 
-    if dtype != "bfloat16" or flags >= AMX_BF16_FLAGS:
+    from noisylm.runtime import auto_cpu_dtype
+
+    if dtype != "bfloat16" or auto_cpu_dtype(flags)[0] == torch.bfloat16:
         return None
     return (
         "this CPU has no AMX, where the demo's bfloat16 (pinned, so that its dtype does not depend on the"

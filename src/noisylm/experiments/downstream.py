@@ -38,6 +38,7 @@ from noisylm.experiments.rundir import SweepDir, SweepRun
 from noisylm.workers import sigint_blocked, worker_pool
 
 DOWNSTREAM_FORMAT = "noisylm-downstream/1"
+Accuracies = dict[tuple[str, str], dict[int, float]]  # (head, loss) -> probe seed -> test accuracy %
 TRAINED_ON_NOTE = (
     "The passages come from the texts the models were pre-trained on: the task measures what each "
     "representation keeps about its training text, not generalisation to unseen text."
@@ -114,9 +115,6 @@ def downstream_stage(
     return result
 
 
-Accuracies = dict[tuple[str, str], dict[int, float]]  # (head, loss) -> probe seed -> test accuracy %
-
-
 class EarlyProbes:
     """A sweep's downstream work, started in its worker processes as soon as each selected run has
     trained, so that a core which would wait for the last training runs probes instead.
@@ -178,7 +176,7 @@ def _log_done(log: bool, index: int, total: int, name: str) -> None:
 
 def _features_and_probe(
     run: SweepRun, data: Any, cache: Path, probe_out: Path, config: DownstreamConfig
-) -> dict[tuple[str, str], dict[int, float]]:
+) -> Accuracies:
     """One run's share of the stage (a worker's task): its feature cache, then its probes."""
     return _probe(_features(run, data, cache, config), probe_out, config)
 
@@ -221,7 +219,7 @@ def _run_stamp(run: SweepRun) -> str:
     return str(path.stat().st_mtime_ns) if path.is_file() else "none"
 
 
-def _probe(cache: Path, out: Path, config: DownstreamConfig) -> dict[tuple[str, str], dict[int, float]]:
+def _probe(cache: Path, out: Path, config: DownstreamConfig) -> Accuracies:
     """Probe one cache at the fixed recipe; (head, loss) -> seed -> test accuracy in percent (the
     probe's results.jsonl holds fractions)."""
     from noisylm.probing.protocol import ProbeConfig, probe
@@ -242,7 +240,7 @@ def _probe(cache: Path, out: Path, config: DownstreamConfig) -> dict[tuple[str, 
         progress=False,
     )
     probe([cache], out, probe_config, overwrite=True)
-    cells: dict[tuple[str, str], dict[int, float]] = {}
+    cells: Accuracies = {}
     for record in read_jsonl(out / "results.jsonl"):
         if record.get("phase") == "final":
             cells.setdefault((record["head"], record["loss"]), {})[int(record["seed"])] = 100.0 * float(
@@ -258,7 +256,7 @@ def _label(point_run: SweepRun) -> str:
 def table1_rows(
     sweep: SweepDir,
     runs: list[SweepRun],
-    accuracies: dict[str, dict[tuple[str, str], dict[int, float]]],
+    accuracies: dict[str, Accuracies],
     config: DownstreamConfig,
     dataset: str,
 ) -> list[dict[str, Any]]:
@@ -286,7 +284,7 @@ def table1_rows(
 def accuracy_differences(
     sweep: SweepDir,
     runs: list[SweepRun],
-    accuracies: dict[str, dict[tuple[str, str], dict[int, float]]],
+    accuracies: dict[str, Accuracies],
     config: DownstreamConfig,
 ) -> list[dict[str, Any]]:
     """Each noisy run's test accuracy minus its replicate's clean run's, paired by probe seed (points
