@@ -145,6 +145,34 @@ def test_chunked_cross_entropy_with_ignore_index(reduction):
     torch.testing.assert_close(rows, ref_rows.detach())
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chunked_cross_entropy_on_a_padded_table_predicts_only_its_classes(autocast):
+    """``n_classes``: the loss and gradients of a padded table equal autograd's on its first rows, the
+    padding rows get an exact zero gradient, and bad values are refused."""
+    torch.manual_seed(3)
+    hidden = torch.randn(40, 8, requires_grad=True)
+    table = torch.randn(64, 8, requires_grad=True)  # 50 classes + 14 padding rows
+    targets = torch.randint(0, 50, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = chunked_cross_entropy(hidden, table, targets, chunk_tokens=16, n_classes=50)
+    loss.backward()
+    got = hidden.grad.clone(), table.grad.clone()
+    hidden.grad = table.grad = None
+    cast = (lambda t: t.bfloat16().float()) if autocast else (lambda t: t)
+    ref = F.cross_entropy(cast(hidden) @ cast(table[:50]).t(), targets)
+    ref.backward()
+    tolerance = dict(atol=2e-2, rtol=2e-2) if autocast else {}
+    torch.testing.assert_close(loss, ref, **tolerance)
+    torch.testing.assert_close(got[0], hidden.grad, **tolerance)
+    torch.testing.assert_close(got[1][:50], table.grad[:50], **tolerance)
+    assert got[1].shape == table.shape and torch.equal(got[1][50:], torch.zeros(14, 8))
+    rows = chunked_cross_entropy(hidden, table, targets, chunk_tokens=16, reduction="none", n_classes=50)
+    torch.testing.assert_close(rows, F.cross_entropy(hidden @ table[:50].t(), targets, reduction="none"))
+    for bad in (0, 65):
+        with pytest.raises(ValueError, match="n_classes"):
+            chunked_cross_entropy(hidden, table, targets, n_classes=bad)
+
+
 @pytest.mark.parametrize("n_embd", [32, 64])  # one head of 32 attends in fp32 on CPU, one of 64 in bf16
 def test_bf16_autocast_loss_close_to_fp32(n_embd):
     torch.manual_seed(0)

@@ -1,14 +1,16 @@
-"""runtime: what `dtype = "auto"` picks from a CPU's feature flags, and the dtype names."""
+"""runtime: what `dtype = "auto"` picks from a CPU's feature flags, the dtype names, and freed memory kept
+for reuse during training."""
 
 from __future__ import annotations
 
 import platform
+import resource
 
 import pytest
 import torch
 
 from noisylm.errors import UsageError
-from noisylm.runtime import auto_cpu_dtype, choose_dtype, cpu_flags, resolve_dtype
+from noisylm.runtime import _glibc, auto_cpu_dtype, choose_dtype, cpu_flags, keep_freed_memory, resolve_dtype
 
 CPU = torch.device("cpu")
 # Feature flags as /proc/cpuinfo spells them, of the CPU kinds that matter (abridged)
@@ -62,3 +64,26 @@ def test_a_named_dtype_is_taken_as_written(name, dtype):
 def test_a_bad_dtype_is_one_clear_error(name, words):
     with pytest.raises(UsageError, match=words):
         resolve_dtype(name, CPU)
+
+
+def _faults_of_a_fresh_64mb_tensor() -> int:
+    """Minor page faults taken to allocate and fill a 64 MB tensor (then freed)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 << 20)  # 64 MB of float32, written, then freed
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(_glibc() is None, reason="keep_freed_memory applies to glibc's malloc only")
+def test_keep_freed_memory_reuses_big_blocks_and_restores_glibc_defaults():
+    """Inside the block a 64 MB tensor freed and allocated again reuses its pages (no new page faults
+    beyond a few); outside it glibc maps fresh pages each time (one fault per 4 KB page or so), and
+    nesting keeps the setting until the outermost block ends."""
+    pages = (64 << 20) // resource.getpagesize()
+    assert _faults_of_a_fresh_64mb_tensor() > pages // 2  # glibc's default: mmap'd anew each time
+    with keep_freed_memory() as applied:
+        assert applied
+        _faults_of_a_fresh_64mb_tensor()  # the first one grows the heap
+        with keep_freed_memory():
+            assert _faults_of_a_fresh_64mb_tensor() < pages // 20
+        assert _faults_of_a_fresh_64mb_tensor() < pages // 20  # still kept: the outer block is open
+    assert _faults_of_a_fresh_64mb_tensor() > pages // 2  # defaults back, memory released

@@ -34,6 +34,7 @@ from noisylm.runtime import (
     autocast_context,
     choose_dtype,
     init_distributed,
+    keep_freed_memory,
     resolve_device,
     resolve_dtype,
 )
@@ -157,7 +158,8 @@ def train(
     ddp = init_distributed(config.device, config.parallelism)
     threads = torch.get_num_threads()
     try:
-        return _train(config, run_dir, resume, overwrite, ddp)
+        with keep_freed_memory():
+            return _train(config, run_dir, resume, overwrite, ddp)
     finally:
         torch.set_num_threads(threads)  # `threads` applies to this run only
         if ddp.owns_group:
