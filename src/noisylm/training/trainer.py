@@ -158,8 +158,7 @@ def train(
     ddp = init_distributed(config.device, config.parallelism)
     threads = torch.get_num_threads()
     try:
-        with keep_freed_memory():
-            return _train(config, run_dir, resume, overwrite, ddp)
+        return _train(config, run_dir, resume, overwrite, ddp)
     finally:
         torch.set_num_threads(threads)  # `threads` applies to this run only
         if ddp.owns_group:
@@ -337,7 +336,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, dd
         loop.restore_counters(state)
     loop.last_eval = last_eval  # a resumed run that has nothing left to do still reports its losses
     try:
-        return loop.run(start_iter, tokens, clean_tokens, resume_from)
+        with keep_freed_memory():  # only the loop: set-up's freed blocks would leave holes in the heap
+            return loop.run(start_iter, tokens, clean_tokens, resume_from)
     finally:
         if logger is not None:
             logger.close()
