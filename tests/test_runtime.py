@@ -66,24 +66,27 @@ def test_a_bad_dtype_is_one_clear_error(name, words):
         resolve_dtype(name, CPU)
 
 
-def _faults_of_a_fresh_64mb_tensor() -> int:
-    """Minor page faults taken to allocate and fill a 64 MB tensor (then freed)."""
+def _faults_of_a_fresh_40mb_tensor() -> int:
+    """Minor page faults taken to allocate and fill a 40 MB tensor (then freed): above glibc's largest
+    mmap threshold (32 MB), so by default its pages come fresh from the kernel each time."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.ones(16 << 20)  # 64 MB of float32, written, then freed
+    torch.ones(10 << 20)  # 40 MB of float32, written, then freed
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 @pytest.mark.skipif(_glibc() is None, reason="keep_freed_memory applies to glibc's malloc only")
 def test_keep_freed_memory_reuses_big_blocks_and_restores_glibc_defaults():
-    """Inside the block a 64 MB tensor freed and allocated again reuses its pages (no new page faults
-    beyond a few); outside it glibc maps fresh pages each time (one fault per 4 KB page or so), and
-    nesting keeps the setting until the outermost block ends."""
-    pages = (64 << 20) // resource.getpagesize()
-    assert _faults_of_a_fresh_64mb_tensor() > pages // 2  # glibc's default: mmap'd anew each time
+    """Outside the block glibc maps fresh pages for a 40 MB tensor each time (one fault per 4 KB page).
+    Inside it, once the heap has grown to hold it (a few rounds: glibc's aligned allocations leave
+    holes at first), a tensor freed and allocated again reuses its pages; nesting keeps the setting
+    until the outermost block ends, which brings the defaults back."""
+    pages = (40 << 20) // resource.getpagesize()
+    assert _faults_of_a_fresh_40mb_tensor() > pages // 2
     with keep_freed_memory() as applied:
         assert applied
-        _faults_of_a_fresh_64mb_tensor()  # the first one grows the heap
+        for _ in range(16):  # the heap grows until the holes fit the block; then no more faults
+            _faults_of_a_fresh_40mb_tensor()
         with keep_freed_memory():
-            assert _faults_of_a_fresh_64mb_tensor() < pages // 20
-        assert _faults_of_a_fresh_64mb_tensor() < pages // 20  # still kept: the outer block is open
-    assert _faults_of_a_fresh_64mb_tensor() > pages // 2  # defaults back, memory released
+            assert _faults_of_a_fresh_40mb_tensor() < pages // 20
+        assert _faults_of_a_fresh_40mb_tensor() < pages // 20  # still kept: the outer block is open
+    assert _faults_of_a_fresh_40mb_tensor() > pages // 2  # defaults back, memory released

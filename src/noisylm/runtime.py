@@ -89,10 +89,12 @@ def keep_freed_memory() -> Iterator[bool]:
     is released. Yields whether this applied (glibc only; elsewhere nothing changes).
 
     glibc serves each allocation above 32 MB with fresh pages from the kernel and unmaps them when
-    freed, so every CPU training step of a 50k vocabulary page-faults in its logits chunk, output
-    layer and embedding gradients anew: ~50,000 faults (200 MB) a step, ~7% of the step's time on the
-    benchmark machine (BENCHMARKS.md). Kept memory is reused at its peak size, so the peak RSS does
-    not grow. Numbers are unchanged: only where the bytes come from is."""
+    freed, so every CPU training step of a 50k vocabulary page-faults in its logits chunk and its
+    output and embedding gradients anew: ~50,000 faults (200 MB) a step in float32, ~115,000 in
+    bfloat16 (its casts), which cost 3% and 24% of a step on the benchmark machine
+    (benchmarks/bench_memory.py, BENCHMARKS.md). The price is a larger heap: glibc's aligned
+    allocations leave holes in it until they fit, so the peak RSS grows by a bounded amount (+240 to
+    +410 MB in that configuration). Numbers are unchanged: only where the bytes come from is."""
     libc = _glibc()
     if libc is None:
         yield False
