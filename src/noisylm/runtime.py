@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -72,11 +72,11 @@ _GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
 _KEEP_FREED = {"depth": 0, "lock": threading.Lock()}
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """The C library if it is glibc (it has mallopt and malloc_trim), else None."""
-    name = ctypes.util.find_library("c")
+    """The process's C library if it is glibc (it has mallopt and malloc_trim), else None; looked up once."""
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the symbols already loaded into this process, libc's among them
     except OSError:
         return None
     return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None

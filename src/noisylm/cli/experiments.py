@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="presets (shipped in noisylm/configs/):\n"
         "  demo        `make demo`: BPE of 2,048 ids trained on the bundled Shakespeare, small GPT,\n"
         "              128 x 64-token batches, 3 paired replicates, Python docs as 2nd domain,\n"
-        "              Table 1 downstream stage; 9-11 minutes on a 2-core CPU with AMX\n"
+        "              Table 1 downstream stage; 9-14 minutes on a 2-core CPU with AMX\n"
         "  demo-bytes  the byte-level demo: 16 x 128-byte batches, 1 replicate (faster, rougher)\n"
         "  paper-124m  GPT-2 124M as in the paper (gpt2 tokenizer, 1024 context, 16 x 40 batch,\n"
         "              300k iterations, lr 6e-4 -> 6e-5); needs --set data=DIR\n"
